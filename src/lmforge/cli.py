@@ -1,0 +1,199 @@
+"""`lmforge <command>`: each subcommand is a typed dataclass (parsed by tyro) and a plain function.
+
+Argument parsing lives only here. User errors (LmforgeError, and tyro's parse errors) become one
+line on stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from lmforge.config import RunConfig, load_run_config
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class TrainCommand:
+    """Train a model. Config: a TOML file (--config) plus dotted overrides such as --train.max_steps 100."""
+
+    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+    config: str | None = None
+    """TOML run config: a path, or the name of a shipped one (quickstart, tiny)."""
+    resume: bool = False
+    """Continue the run in train.out_dir from its last checkpoint, exactly."""
+    init_from: str | None = None
+    """Start a new run from the weights of this checkpoint (or run) directory."""
+
+
+@dataclass
+class PrepareCommand:
+    """Tokenize the configured data source into token shards (train runs this automatically)."""
+
+    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+    config: str | None = None
+    """TOML run config whose [data] section to prepare."""
+
+
+@dataclass
+class SampleCommand:
+    """Generate text from a checkpoint."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    prompt: tuple[str, ...] = ("",)
+    """One or more prompts, decoded as one batch."""
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    """0 is greedy decoding."""
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 1337
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    stop_at_end_of_text: bool = True
+    """Stop a sample when the model emits the end-of-text token."""
+
+
+@dataclass
+class PlotCommand:
+    """Draw the loss curves of a run directory to a PNG."""
+
+    run_dir: tyro.conf.Positional[str]
+    out: str | None = None
+    """PNG path; default RUN_DIR/loss.png."""
+
+
+@dataclass
+class PresetsCommand:
+    """List the named model presets with parameter counts and FLOPs per token."""
+
+    seq_len: int = 2048
+    """Sequence length for the attention part of FLOPs per token."""
+
+
+def run_train(command: TrainCommand) -> None:
+    from lmforge.train.loop import train
+
+    result = train(command.run, resume=command.resume, init_from=command.init_from)
+    print(f"done: step {result.step}, val loss {result.val_loss:.4f}; run dir {result.out_dir}")
+    print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
+
+
+def run_prepare(command: PrepareCommand) -> None:
+    from lmforge.data.prepare import prepare, read_index
+
+    directory = prepare(command.run.data)
+    index = read_index(directory)
+    counts = {s: sum(x["tokens"] for x in shards) for s, shards in index["splits"].items()}
+    print(f"prepared {directory}: {counts} tokens, vocab {index['vocab_size']} ({index['tokenizer']})")
+
+
+def run_sample(command: SampleCommand) -> None:
+    from lmforge.sample import sample
+
+    sample(command)
+
+
+def run_plot(command: PlotCommand) -> None:
+    from lmforge.train.plot import plot_run
+
+    print(plot_run(command.run_dir, command.out))
+
+
+def run_presets(command: PresetsCommand) -> None:
+    from lmforge.models.counting import build_on_meta, count_parameters, flops_per_token
+    from lmforge.models.presets import PRESETS, model_preset
+
+    print(f"{'preset':<14} {'parameters':>12} {'GFLOPs/token':>13}  (training, seq_len {command.seq_len})")
+    for name in PRESETS:
+        config = model_preset(name)
+        if config.vocab_size is None:
+            config = dataclasses.replace(config, vocab_size=4096)
+            name += " *"
+        model = build_on_meta(config)
+        seq_len = min(command.seq_len, config.context_length)
+        print(f"{name:<14} {count_parameters(model):>12,} {flops_per_token(model, seq_len) / 1e9:>13.3f}")
+    print("* vocab follows the tokenizer; counted here with 4096")
+
+
+COMMANDS: dict[str, tuple[type, Callable]] = {
+    "train": (TrainCommand, run_train),
+    "prepare": (PrepareCommand, run_prepare),
+    "sample": (SampleCommand, run_sample),
+    "plot": (PlotCommand, run_plot),
+    "presets": (PresetsCommand, run_presets),
+}
+
+
+def _config_defaults(args: list[str]) -> RunConfig:
+    """The TOML file and model preset are read before tyro parses the remaining overrides."""
+    scan = argparse.ArgumentParser(add_help=False)
+    scan.add_argument("--config")
+    scan.add_argument("--model.preset", "--model-preset", dest="preset")
+    known, _ = scan.parse_known_args(args)
+    return load_run_config(known.config, known.preset)
+
+
+def _one_line(text: str) -> str:
+    """Condense tyro's boxed error message to one line."""
+    lines = [re.sub(r"[│╭╮╰╯─]+", " ", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("For full helptext", "usage:"))]
+    return re.sub(r"\s+", " ", "; ".join(lines))
+
+
+def parse(command_type: type, args: list[str], prog: str):
+    default = None
+    if "run" in {f.name for f in dataclasses.fields(command_type)}:
+        default = command_type(run=_config_defaults(args))
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(command_type, args=args, default=default, prog=prog, use_underscores=True)
+    except SystemExit as exit_:
+        if exit_.code:
+            raise LmforgeError(_one_line(captured.getvalue()) or "invalid arguments") from None
+        sys.stderr.write(captured.getvalue())
+        raise
+
+
+def usage() -> str:
+    lines = ["usage: lmforge <command> [options]   (lmforge <command> --help for its options)", ""]
+    for name, (command_type, _) in COMMANDS.items():
+        lines.append(f"  {name:<9} {(command_type.__doc__ or '').splitlines()[0]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command '{name}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    command_type, handler = COMMANDS[name]
+    try:
+        handler(parse(command_type, args, f"lmforge {name}"))
+    except LmforgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

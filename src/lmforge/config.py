@@ -1,0 +1,209 @@
+"""Run configuration: typed dataclasses, loaded from TOML, overridden from the command line, dumped.
+
+Precedence, lowest first: dataclass defaults < model preset < TOML file < command-line flags.
+Command-line flags are parsed by tyro (cli.py); this module checks TOML files against the same
+dataclasses so that a misspelled or mistyped key fails before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from lmforge.errors import ConfigError
+from lmforge.models.config import ModelConfig
+from lmforge.models.presets import preset_fields
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes token shards."""
+
+    source: str = "python-stdlib"
+    """Built-in corpus name (python-stdlib) or a path / glob of UTF-8 text files."""
+    tokenizer: Literal["byte", "char", "bpe"] = "bpe"
+    vocab_size: int = 4096
+    """BPE vocabulary size (including the end-of-text token); ignored for byte and char."""
+    val_fraction: float = 0.05
+    """Share of documents held out for validation (of characters, for a single document)."""
+    dir: str | None = None
+    """Prepared shards go here; None means data/<source>-<tokenizer>[vocab]."""
+    shard_tokens: int = 100_000_000
+    """Most tokens per shard file."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    """Floor of the cosine and the end of the warmup-stable-decay schedule."""
+    schedule: Literal["cosine", "constant", "wsd"] = "cosine"
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2
+    """wsd: the final share of steps spent decaying linearly to min_lr."""
+    weight_decay: float = 0.1
+    """Applied only to weights with >= 2 dimensions (not to norms, biases)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    out_dir: str = "runs/default"
+    max_steps: int = 1000
+    batch_tokens: int = 16384
+    """Global batch in tokens per optimizer step; accumulation steps follow from it."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward pass."""
+    seq_len: int | None = None
+    """Training sequence length; None means the model's context length."""
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Autocast precision (bf16 also on CPU; fp16 needs a GPU); weights stay fp32."""
+    compile: bool = False
+    device: str = "auto"
+    """auto picks cuda, then mps, then cpu."""
+    seed: int = 1337
+    eval_interval: int = 200
+    eval_batches: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 3
+    """Step checkpoints kept besides the best one; older ones are deleted."""
+    overfit_one_batch: bool = False
+    """Train on a single fixed batch: the loss must approach zero (a sanity check)."""
+    peak_tflops: float | None = None
+    """Hardware peak for MFU; None measures a large matmul in the training dtype at start."""
+
+
+@dataclass
+class LoggingConfig:
+    progress_bar: bool = True
+    wandb: bool = False
+    """Log to Weights & Biases (pip install 'lmforge[wandb]'; WANDB_MODE=offline works)."""
+    wandb_project: str = "lmforge"
+    tensorboard: bool = False
+    """Write TensorBoard events to <out_dir>/tensorboard (pip install 'lmforge[tensorboard]')."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A TOML path, or the name of a config shipped with lmforge (e.g. `quickstart`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    raise ConfigError(
+        f"config '{name_or_path}' is neither a file nor a shipped config; use a .toml path "
+        f"or one of: {', '.join(names)}"
+    )
+
+
+def load_run_config(name_or_path: str | None, preset: str | None = None) -> RunConfig:
+    """Defaults, then the model preset (from `preset` or the file's model.preset), then the file."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML ({error}); fix the syntax") from None
+    return config_from_dict(data, source, preset)
+
+
+def config_from_dict(data: dict, source: str = "config", preset: str | None = None) -> RunConfig:
+    model_data = dict(data.get("model", {}))
+    preset = preset or model_data.get("preset")
+    if preset is not None:
+        model_data = preset_fields(preset) | model_data | {"preset": preset}
+    return from_dict(RunConfig, {**data, "model": model_data}, source)
+
+
+def from_dict(cls: type, data: dict, source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'; {hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = from_dict(hint, value, source, f"{prefix}{key}.")
+        else:
+            values[key] = _check_type(value, hint, f"{prefix}{key}", source)
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arg, key, source)
+            except ConfigError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {choices}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(
+            f"{source}: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_toml(config: RunConfig, path: Path) -> None:
+    """Write the fully resolved config; None values are left out (TOML has no null)."""
+
+    def drop_none(d: dict) -> dict:
+        return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+    path.write_text(tomli_w.dumps(drop_none(to_dict(config))))

@@ -1,0 +1,113 @@
+"""Text generation: batched prompts, KV cache, temperature / top-k / top-p, rolling context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lmforge.models.kv_cache import KVCache
+from lmforge.models.transformer import Transformer
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    """0 means greedy."""
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_token: int | None = None
+    """Stop a row when it emits this token (e.g. end-of-text)."""
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf; (B, vocab)."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the top one always stays).
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_tokens(
+    logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row from the last-position logits (B, vocab)."""
+    if config.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _left_pad(rows: list[list[int]], device: torch.device):
+    """Tokens (B, T) padded on the left with 0, pad counts (B,), positions (B, T)."""
+    width = max(len(r) for r in rows)
+    pads = torch.tensor([width - len(r) for r in rows], device=device)
+    tokens = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=device)
+    positions = (torch.arange(width, device=device)[None, :] - pads[:, None]).clamp(min=0)
+    return tokens, pads, positions
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompts: list[list[int]],
+    config: SamplingConfig,
+    on_tokens: Callable[[torch.Tensor], None] | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to max_new_tokens; returns only the new tokens of each row.
+
+    All rows decode in lockstep with one KV cache. When a row reaches the context length, the
+    cache is rebuilt from the most recent half-context of every row (rolling context), so
+    generation can run past the context length. `on_tokens` receives each new (B,) token tensor.
+    """
+    assert prompts and all(prompts), "every prompt needs at least one token"
+    device = next(model.parameters()).device
+    context = model.config.context_length
+    window = max(context // 2, 1)
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    dtype = next(model.parameters()).dtype
+
+    history = [list(p[-context:]) for p in prompts]  # real tokens per row, for rebuilding
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+
+    def prefill(rows: list[list[int]]):
+        tokens, pads, positions = _left_pad(rows, device)
+        cache = KVCache(model.config, len(rows), context, device, dtype)
+        cache.set_padding(pads)
+        logits = model(tokens, cache=cache, positions=positions)
+        return cache, logits[:, -1], positions[:, -1] + 1
+
+    cache, logits, next_position = prefill(history)
+    for _ in range(config.max_new_tokens):
+        token = next_tokens(logits, config, generator)
+        already_done = finished.tolist()
+        if config.stop_token is not None:
+            finished |= token == config.stop_token
+        if on_tokens is not None:
+            on_tokens(token)
+        for row, value in enumerate(token.tolist()):
+            history[row].append(value)
+            if not already_done[row]:
+                new_tokens[row].append(value)
+        if bool(finished.all()):
+            break
+        if cache.length == context:
+            cache, logits, next_position = prefill([h[-window:] for h in history])
+            continue
+        logits = model(token[:, None], cache=cache, positions=next_position[:, None])[:, -1]
+        next_position = next_position + 1
+    return new_tokens

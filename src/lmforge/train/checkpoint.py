@@ -1,0 +1,173 @@
+"""Checkpoint directories: write atomically, find, verify and load them.
+
+A checkpoint directory is self-contained:
+    config.json              model config
+    model.safetensors        weights (tied tensors stored once)
+    lmforge_tokenizer.json   tokenizer (+ tokenizer.json for BPE)
+    checkpoint.json          step, tokens seen, val loss (human-readable)
+    train_state.pt           optimizer, loader position, RNG, run config (resume only;
+                             read with torch.load(weights_only=True))
+
+In a run directory they live in checkpoints/step-NNNNNNN/, with `last` and `best` symlinks that
+are swapped atomically, so an interrupted save never breaks `last`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from lmforge.config import from_dict
+from lmforge.errors import CheckpointError
+from lmforge.models.config import ModelConfig
+from lmforge.models.transformer import Transformer
+from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.tokenizer.base import DESCRIPTOR
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+INFO_FILE = "checkpoint.json"
+STATE_FILE = "train_state.pt"
+REQUIRED = (CONFIG_FILE, MODEL_FILE, DESCRIPTOR)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    info: dict,
+    train_state: dict | None = None,
+) -> Path:
+    """Write a checkpoint under a temporary name, fsync it, then rename it into place."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
+    safetensors.torch.save_model(model, str(staging / MODEL_FILE))
+    tokenizer.save(staging)
+    (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if train_state is not None:
+        torch.save(train_state, staging / STATE_FILE)
+    _fsync_tree(staging)
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    _fsync_dir(directory.parent)
+    return directory
+
+
+def point_link(link: Path, target_name: str) -> None:
+    """Atomically make `link` a relative symlink to `target_name` (a sibling)."""
+    temporary = link.with_name(link.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target_name)
+    os.replace(temporary, link)
+
+
+def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints; never the ones last/best point to."""
+    protected = {
+        (checkpoints / name).resolve() for name in ("last", "best") if (checkpoints / name).exists()
+    }
+    steps = sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in steps[: max(len(steps) - keep, 0)]:
+        if old.resolve() not in protected:
+            shutil.rmtree(old)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint dir itself, or the `last` checkpoint of a run dir or checkpoints dir."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoints" / "last", path / "last"):
+        if (candidate / CONFIG_FILE).is_file() or (candidate / MODEL_FILE).is_file():
+            missing = [name for name in REQUIRED if not (candidate / name).is_file()]
+            if missing:
+                raise CheckpointError(
+                    f"checkpoint {candidate} is incomplete (missing {', '.join(missing)}); "
+                    "point at another checkpoint, e.g. one under checkpoints/step-*"
+                )
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist; check the path")
+    raise CheckpointError(
+        f"{path} is not a checkpoint (no {CONFIG_FILE} + {MODEL_FILE}) and holds no checkpoints/last; "
+        "point at a run directory or a checkpoint directory"
+    )
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    data = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    return from_dict(ModelConfig, data, str(Path(directory) / CONFIG_FILE), "model.")
+
+
+def load_weights(model: nn.Module, directory: Path) -> None:
+    """Load model.safetensors into `model`, checking every shape against the file header first."""
+    path = Path(directory) / MODEL_FILE
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        file_shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    mismatched = [k for k, shape in file_shapes.items() if k in expected and expected[k] != shape]
+    if mismatched:
+        key = mismatched[0]
+        raise CheckpointError(
+            f"checkpoint {directory} does not fit this model: {key} is {file_shapes[key]} in the file "
+            f"but {expected[key]} in the model; use the checkpoint's own model config"
+        )
+    missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    # Tied weights are stored once; their second name is legitimately absent from the file.
+    tied = {"lm_head.weight", "token_embedding.weight"} if model.config.tie_embeddings else set()
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {directory} does not fit this model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); use the checkpoint's own model config"
+        )
+
+
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[Transformer, Tokenizer, Path]:
+    """The model (eval mode) and tokenizer of a checkpoint, a run dir or a checkpoints dir."""
+    directory = find_checkpoint(path)
+    config = read_model_config(directory)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model = model.to_empty(device=device)
+    if config.tie_embeddings:  # re-tie before loading: the file stores the shared tensor once
+        model.lm_head.weight = model.token_embedding.weight
+    load_weights(model, directory)
+    return model.eval(), load_tokenizer(directory), directory
+
+
+def load_train_state(directory: Path) -> dict:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {STATE_FILE}, so it cannot be resumed; "
+            "start a new run from its weights with --init_from instead"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)

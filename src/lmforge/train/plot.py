@@ -1,0 +1,34 @@
+"""Loss curves as a PNG: `lmforge plot RUN_DIR` (also drawn at the end of every run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lmforge.train.metrics import read_metrics  # noqa: E402
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw train and val loss against step; returns the PNG path (default RUN_DIR/loss.png)."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    figure, axis = plt.subplots(figsize=(8, 5))
+    if train:
+        axis.plot(*zip(*train, strict=True), label="train", linewidth=1)
+    if val:
+        axis.plot(*zip(*val, strict=True), label="val", marker="o", linewidth=2)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (nats/token)")
+    axis.set_title(run_dir.name)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    out = Path(out) if out else run_dir / "loss.png"
+    figure.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return out
