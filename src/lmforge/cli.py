@@ -14,7 +14,6 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
@@ -96,7 +95,9 @@ def run_prepare(command: PrepareCommand) -> None:
     directory = prepare(command.run.data)
     index = read_index(directory)
     counts = {s: sum(x["tokens"] for x in shards) for s, shards in index["splits"].items()}
-    print(f"prepared {directory}: {counts} tokens, vocab {index['vocab_size']} ({index['tokenizer']})")
+    print(
+        f"prepared {directory}: {counts} tokens, vocab {index['vocab_size']} ({index['tokenizer']})"
+    )
 
 
 def run_sample(command: SampleCommand) -> None:
@@ -115,7 +116,9 @@ def run_presets(command: PresetsCommand) -> None:
     from lmforge.models.counting import build_on_meta, count_parameters, flops_per_token
     from lmforge.models.presets import PRESETS, model_preset
 
-    print(f"{'preset':<14} {'parameters':>12} {'GFLOPs/token':>13}  (training, seq_len {command.seq_len})")
+    print(
+        f"{'preset':<14} {'parameters':>12} {'GFLOPs/token':>13}  (training, seq_len {command.seq_len})"
+    )
     for name in PRESETS:
         config = model_preset(name)
         if config.vocab_size is None:
@@ -123,7 +126,9 @@ def run_presets(command: PresetsCommand) -> None:
             name += " *"
         model = build_on_meta(config)
         seq_len = min(command.seq_len, config.context_length)
-        print(f"{name:<14} {count_parameters(model):>12,} {flops_per_token(model, seq_len) / 1e9:>13.3f}")
+        print(
+            f"{name:<14} {count_parameters(model):>12,} {flops_per_token(model, seq_len) / 1e9:>13.3f}"
+        )
     print("* vocab follows the tokenizer; counted here with 4096")
 
 
@@ -148,7 +153,11 @@ def _config_defaults(args: list[str]) -> RunConfig:
 def _one_line(text: str) -> str:
     """Condense tyro's boxed error message to one line."""
     lines = [re.sub(r"[│╭╮╰╯─]+", " ", line).strip() for line in text.splitlines()]
-    lines = [line for line in lines if line and not line.startswith(("For full helptext", "usage:"))]
+    lines = [
+        line for line in lines if line and not line.startswith(("For full helptext", "usage:"))
+    ]
+    if len(lines) > 1 and lines[1].startswith(lines[0]):
+        lines = lines[1:]  # the box title repeats the first line
     return re.sub(r"\s+", " ", "; ".join(lines))
 
 
@@ -159,7 +168,9 @@ def parse(command_type: type, args: list[str], prog: str):
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(command_type, args=args, default=default, prog=prog, use_underscores=True)
+            return tyro.cli(
+                command_type, args=args, default=default, prog=prog, use_underscores=True
+            )
     except SystemExit as exit_:
         if exit_.code:
             raise LmforgeError(_one_line(captured.getvalue()) or "invalid arguments") from None
@@ -181,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command '{name}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"error: unknown command '{name}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr
+        )
         return 2
     command_type, handler = COMMANDS[name]
     try:

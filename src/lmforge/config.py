@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomllib
 
 from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig
@@ -158,7 +158,11 @@ def from_dict(cls: type, data: dict, source: str, prefix: str = "") -> Any:
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(fields)}"
+            hint = (
+                f"did you mean '{prefix}{close[0]}'?"
+                if close
+                else f"valid keys: {', '.join(fields)}"
+            )
             raise ConfigError(f"{source}: unknown config key '{prefix}{key}'; {hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
@@ -204,6 +208,8 @@ def dump_toml(config: RunConfig, path: Path) -> None:
     """Write the fully resolved config; None values are left out (TOML has no null)."""
 
     def drop_none(d: dict) -> dict:
-        return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+        return {
+            k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None
+        }
 
     path.write_text(tomli_w.dumps(drop_none(to_dict(config))))

@@ -56,4 +56,6 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (B, heads, T, head_dim) by cos/sin of shape (T, head_dim) or (B, 1, T, head_dim)."""
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+    # Under autocast q/k are bf16 while the tables are fp32: rotate in q/k's dtype, not fp32.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotate_half(x) * sin

@@ -27,7 +27,9 @@ PRESETS: dict[str, dict] = {
     "gpt2-xl": dict(_GPT2, dim=1600, num_layers=48, num_heads=25),
     "llama2-7b": dict(_LLAMA2, dim=4096, num_layers=32, num_heads=32, ffn_dim=11008),
     "llama2-13b": dict(_LLAMA2, dim=5120, num_layers=40, num_heads=40, ffn_dim=13824),
-    "llama3-8b": dict(_LLAMA3, dim=4096, num_layers=32, num_heads=32, num_kv_heads=8, ffn_dim=14336),
+    "llama3-8b": dict(
+        _LLAMA3, dim=4096, num_layers=32, num_heads=32, num_kv_heads=8, ffn_dim=14336
+    ),
     "llama3.1-8b": dict(
         _LLAMA3,
         context_length=131072,

@@ -133,12 +133,11 @@ class Transformer(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
-    def rope(self, device: torch.device, dtype: torch.dtype):
+    def rope(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Computed lazily (not a buffer) so meta-device models and state dicts stay free of it.
         if self._rope_cache is None or self._rope_cache[0].device != device:
             self._rope_cache = rope_tables(self.config, device)
-        cos, sin = self._rope_cache
-        return cos.to(dtype), sin.to(dtype)
+        return self._rope_cache
 
     def forward(
         self,
@@ -168,7 +167,7 @@ class Transformer(nn.Module):
         x = self.dropout(x)
         cos = sin = None
         if self.config.position == "rope":
-            cos, sin = self.rope(tokens.device, x.dtype)
+            cos, sin = self.rope(tokens.device)
             cos, sin = cos[positions], sin[positions]  # (T, D) or (B, T, D)
             if cos.dim() == 3:
                 cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads

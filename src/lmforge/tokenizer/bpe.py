@@ -54,7 +54,8 @@ class BPETokenizer:
 
     def save(self, directory: Path) -> None:
         write_descriptor(
-            directory, {"type": self.kind, "file": HF_FILE, "special_tokens": {END_OF_TEXT: self.eot_id}}
+            directory,
+            {"type": self.kind, "file": HF_FILE, "special_tokens": {END_OF_TEXT: self.eot_id}},
         )
         self.hf.save(str(directory / HF_FILE))
 
@@ -62,5 +63,7 @@ class BPETokenizer:
     def load(cls, directory: Path, descriptor: dict) -> BPETokenizer:
         path = directory / descriptor.get("file", HF_FILE)
         if not path.is_file():
-            raise CheckpointError(f"tokenizer file {path} is missing; copy it back or re-run prepare")
+            raise CheckpointError(
+                f"tokenizer file {path} is missing; copy it back or re-run prepare"
+            )
         return cls(HFTokenizer.from_file(str(path)))

@@ -93,7 +93,9 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
     protected = {
         (checkpoints / name).resolve() for name in ("last", "best") if (checkpoints / name).exists()
     }
-    steps = sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    steps = sorted(
+        p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")
+    )
     for old in steps[: max(len(steps) - keep, 0)]:
         if old.resolve() not in protected:
             shutil.rmtree(old)

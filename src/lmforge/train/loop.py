@@ -134,7 +134,9 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
     if resume:
         last = checkpoints / "last"
         if not last.exists():
-            raise CheckpointError(f"--resume: {out_dir} has no checkpoints/last; start without --resume")
+            raise CheckpointError(
+                f"--resume: {out_dir} has no checkpoints/last; start without --resume"
+            )
         state = check_resumable(run, last.resolve())
 
     model = Transformer(run.model).to(device)
@@ -143,8 +145,12 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
         ckpt.load_weights(model, source)
     optimizer = build_optimizer(model, run.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-    train_loader = BatchLoader(data_dir, "train", cfg.micro_batch_size, seq_len, cfg.seed, device=device)
-    val_loader = BatchLoader(data_dir, "val", cfg.micro_batch_size, seq_len, cfg.seed, device=device)
+    train_loader = BatchLoader(
+        data_dir, "train", cfg.micro_batch_size, seq_len, cfg.seed, device=device
+    )
+    val_loader = BatchLoader(
+        data_dir, "val", cfg.micro_batch_size, seq_len, cfg.seed, device=device
+    )
 
     step, best_val, tokens_seen = 0, float("inf"), 0
     if state is not None:
@@ -195,7 +201,11 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
     result = TrainResult(out_dir, step)
     last_val = None
     bar = tqdm(
-        total=cfg.max_steps, initial=step, desc="train", disable=not run.logging.progress_bar, dynamic_ncols=True
+        total=cfg.max_steps,
+        initial=step,
+        desc="train",
+        disable=not run.logging.progress_bar,
+        dynamic_ncols=True,
     )
     window_start, window_tokens, paused = time.perf_counter(), 0, 0.0
     loss_sum = torch.zeros((), device=device)
@@ -206,7 +216,9 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for _ in range(accumulation):
-            inputs, targets = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
+            inputs, targets = (
+                train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
+            )
             with autocast:
                 logits = compiled(inputs)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / accumulation

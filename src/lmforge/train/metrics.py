@@ -18,7 +18,10 @@ class MetricsLogger:
         if logging.wandb:
             wandb = _optional_import("wandb", "wandb")
             self.wandb = wandb.init(
-                project=logging.wandb_project, name=out_dir.name, dir=str(out_dir), config=to_dict(run)
+                project=logging.wandb_project,
+                name=out_dir.name,
+                dir=str(out_dir),
+                config=to_dict(run),
             )
         if logging.tensorboard:
             _optional_import("tensorboard", "tensorboard")
@@ -56,5 +59,7 @@ def _optional_import(module: str, extra: str):
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        raise ConfigError(f"{run_dir} has no {METRICS_FILE}; point at a run directory made by `lmforge train`")
+        raise ConfigError(
+            f"{run_dir} has no {METRICS_FILE}; point at a run directory made by `lmforge train`"
+        )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -11,7 +11,9 @@ from torch import nn
 from lmforge.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, config: OptimConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW; weight decay on >= 2-D weights only (matrices and embeddings, not norms or biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -19,7 +21,10 @@ def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device)
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     # The fused kernel is one launch for all parameters; foreach is the portable fallback.
-    fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in ("cuda", "cpu")
+    fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in (
+        "cuda",
+        "cpu",
+    )
     return torch.optim.AdamW(
         groups,
         lr=config.lr,
@@ -39,7 +44,9 @@ def lr_at(step: int, max_steps: int, config: OptimConfig) -> float:
     if config.schedule == "cosine":
         span = max(max_steps - config.warmup_steps, 1)
         progress = min((step - config.warmup_steps) / span, 1.0)
-        return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+        return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (
+            config.lr - config.min_lr
+        )
     # Warmup-stable-decay: hold the peak, then decay linearly to min_lr over the last stretch.
     decay_steps = max(int(max_steps * config.decay_fraction), 1)
     decay_start = max_steps - decay_steps

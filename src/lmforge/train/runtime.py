@@ -21,7 +21,9 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA GPU is visible; use device='cpu' or 'auto'")
+        raise ConfigError(
+            f"train.device={name} but no CUDA GPU is visible; use device='cpu' or 'auto'"
+        )
     return device
 
 
@@ -30,7 +32,9 @@ def autocast_context(device: torch.device, dtype_name: str):
     if dtype_name == "fp32":
         return contextlib.nullcontext()
     if dtype_name == "fp16" and device.type != "cuda":
-        raise ConfigError("train.dtype='fp16' needs a CUDA GPU (it uses a GradScaler); use 'bf16' on CPU")
+        raise ConfigError(
+            "train.dtype='fp16' needs a CUDA GPU (it uses a GradScaler); use 'bf16' on CPU"
+        )
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype_name])
 
 
