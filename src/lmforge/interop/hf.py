@@ -1,0 +1,323 @@
+"""Hugging Face transformers <-> lmforge: configs (plain config.json dicts) and state dicts.
+
+Pure functions over dicts and tensors; nothing here imports transformers, so reading or writing
+an HF checkpoint directory does not need it installed.
+
+Import: gpt2, llama (2/3/3.1), mistral (without sliding window) and qwen2 (Llama + q/k/v biases).
+Export: GPT-2 for gelu/layernorm/learned/bias configs, Llama (Qwen2 when qkv_bias) for
+swiglu/rmsnorm/rope ones.
+
+The weight layouts differ only in names and fusion: we fuse q/k/v into one `attn.qkv` (rows
+[q; k; v]) and SwiGLU's gate/up into one `ffn.up` (rows [gate; up]); GPT-2's Conv1D stores
+weights as (in, out), the transpose of nn.Linear. Our RoPE already uses HF's rotate-half layout,
+so Llama q/k weights need no permutation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.config import ModelConfig
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+SUPPORTED = ("gpt2", *LLAMA_LIKE)
+# Non-parameter buffers some HF checkpoints carry: GPT-2's causal mask, old Llama's RoPE table.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+def model_config_from_hf(hf_config: dict) -> ModelConfig:
+    """Our ModelConfig for an HF config.json dict (or `PretrainedConfig.to_dict()`)."""
+    model_type = hf_config.get("model_type")
+    try:
+        if model_type == "gpt2":
+            config = _config_from_gpt2(hf_config)
+        elif model_type in LLAMA_LIKE:
+            config = _config_from_llama(hf_config, model_type)
+        else:
+            supported = ", ".join(SUPPORTED)
+            raise ConfigError(f"cannot import HF model_type '{model_type}'; supported: {supported}")
+    except KeyError as missing:
+        raise ConfigError(
+            f"HF {model_type} config has no '{missing.args[0]}'; pass the model's full config.json"
+        ) from None
+    config.validate()
+    return config
+
+
+def _config_from_gpt2(hf: dict) -> ModelConfig:
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ConfigError(
+            f"GPT-2 activation_function '{activation}' is not supported; lmforge's GELU is the "
+            "tanh approximation (gelu_new)"
+        )
+    if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
+        raise ConfigError(
+            "GPT-2 attention scaling variants (scale_attn_by_inverse_layer_idx, "
+            "scale_attn_weights=false) are not supported; only the standard 1/sqrt(head_dim)"
+        )
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=hf.get("n_positions") or hf["n_ctx"],
+        dim=hf["n_embd"],
+        num_layers=hf["n_layer"],
+        num_heads=hf["n_head"],
+        ffn_dim=hf.get("n_inner") or 4 * hf["n_embd"],
+        mlp="gelu",
+        norm="layernorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        position="learned",
+        bias=True,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        init_std=hf.get("initializer_range", 0.02),
+    )
+
+
+def _config_from_llama(hf: dict, model_type: str) -> ModelConfig:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{model_type} hidden_act '{hf['hidden_act']}' unsupported; only silu")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ConfigError(
+            f"{model_type} attention_bias/mlp_bias are not supported (lmforge has biases on q/k/v "
+            "only, as in Qwen2); use a checkpoint without output/MLP biases"
+        )
+    context = hf.get("max_position_embeddings", 2048)
+    # Qwen2 carries a sliding_window value that is only used when use_sliding_window is true.
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    if window is not None and window < context:
+        raise ConfigError(
+            f"{model_type} sliding_window={window} is smaller than max_position_embeddings="
+            f"{context} and lmforge has no sliding-window attention; set max_position_embeddings "
+            f"to {window} in config.json (full attention is then exact)"
+        )
+    # transformers 5 keeps theta and scaling in `rope_parameters`; 4.x has rope_theta + rope_scaling.
+    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ConfigError(
+            f"{model_type} rope_type '{rope_type}' is not supported; lmforge implements default "
+            "and llama3 RoPE scaling"
+        )
+    scaling = {}
+    if rope_type == "llama3":
+        scaling = dict(
+            rope_scaling="llama3",
+            rope_scaling_factor=rope["factor"],
+            rope_low_freq_factor=rope["low_freq_factor"],
+            rope_high_freq_factor=rope["high_freq_factor"],
+            rope_original_context_length=rope["original_max_position_embeddings"],
+        )
+    dim, heads = hf["hidden_size"], hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or dim // heads
+    return ModelConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=context,
+        dim=dim,
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=None if head_dim * heads == dim else head_dim,
+        ffn_dim=hf["intermediate_size"],
+        mlp="swiglu",
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        position="rope",
+        rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+        qkv_bias=model_type == "qwen2",  # Qwen2 always has q/k/v biases (and no others)
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        init_std=hf.get("initializer_range", 0.02),
+        **scaling,
+    )
+
+
+def _export_type(config: ModelConfig) -> str:
+    """The HF model_type whose architecture is exactly this config's."""
+    flavour = (config.mlp, config.norm, config.position, config.bias)
+    # GPT-2 has no head_dim or kv-head settings: plain multi-head attention only.
+    plain_heads = config.kv_heads == config.num_heads == config.dim / config.attn_head_dim
+    if flavour == ("gelu", "layernorm", "learned", True) and plain_heads:
+        return "gpt2"
+    if flavour == ("swiglu", "rmsnorm", "rope", False):
+        return "qwen2" if config.qkv_bias else "llama"
+    raise ConfigError(
+        f"no HF architecture matches mlp={config.mlp}, norm={config.norm}, "
+        f"position={config.position}, bias={config.bias}; export supports Llama "
+        "(swiglu/rmsnorm/rope, no bias) and GPT-2 (gelu/layernorm/learned/bias, plain MHA)"
+    )
+
+
+def hf_config_from_model_config(config: ModelConfig) -> dict:
+    """An HF config.json dict (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM)."""
+    if config.vocab_size is None:
+        raise ConfigError("model.vocab_size is unset; resolve it from the tokenizer before export")
+    model_type = _export_type(config)
+    common = dict(
+        model_type=model_type,
+        vocab_size=config.vocab_size,
+        tie_word_embeddings=config.tie_embeddings,
+        initializer_range=config.init_std,
+    )
+    if model_type == "gpt2":
+        return common | dict(
+            architectures=["GPT2LMHeadModel"],
+            n_positions=config.context_length,
+            n_embd=config.dim,
+            n_layer=config.num_layers,
+            n_head=config.num_heads,
+            n_inner=config.hidden_dim,
+            activation_function="gelu_new",
+            layer_norm_epsilon=config.norm_eps,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+        )
+    rope_scaling, theta = None, config.rope_theta
+    if config.rope_scaling == "llama3":
+        rope_scaling = dict(
+            rope_type="llama3",
+            factor=config.rope_scaling_factor,
+            low_freq_factor=config.rope_low_freq_factor,
+            high_freq_factor=config.rope_high_freq_factor,
+            original_max_position_embeddings=config.rope_original_context_length,
+        )
+    return common | dict(
+        architectures=["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
+        hidden_size=config.dim,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.attn_head_dim,
+        max_position_embeddings=config.context_length,
+        hidden_act="silu",
+        rms_norm_eps=config.norm_eps,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=config.dropout,
+        # Both spellings: transformers 4.x reads rope_theta/rope_scaling, 5.x rope_parameters.
+        rope_theta=theta,
+        rope_scaling=rope_scaling,
+        rope_parameters={"rope_type": "default", **(rope_scaling or {}), "rope_theta": theta},
+    )
+
+
+def _layout(config: ModelConfig, gpt2: bool) -> list[tuple[str, tuple[str, ...], bool, list]]:
+    """(our key, the HF keys concatenated along dim 0 into it, HF stores it transposed, split sizes)."""
+    rows = []
+
+    def add(ours, hf, conv1d=False, sizes=None):
+        rows.append((ours, hf if isinstance(hf, tuple) else (hf,), conv1d, sizes))
+
+    if gpt2:
+        add("token_embedding.weight", "transformer.wte.weight")
+        add("position_embedding.weight", "transformer.wpe.weight")
+        for i in range(config.num_layers):
+            ours, hf = f"layers.{i}.", f"transformer.h.{i}."
+            for p in ("weight", "bias"):
+                add(f"{ours}attn_norm.{p}", f"{hf}ln_1.{p}")
+                add(f"{ours}attn.qkv.{p}", f"{hf}attn.c_attn.{p}", conv1d=True)  # fused q,k,v
+                add(f"{ours}attn.out.{p}", f"{hf}attn.c_proj.{p}", conv1d=True)
+                add(f"{ours}ffn_norm.{p}", f"{hf}ln_2.{p}")
+                add(f"{ours}ffn.up.{p}", f"{hf}mlp.c_fc.{p}", conv1d=True)
+                add(f"{ours}ffn.down.{p}", f"{hf}mlp.c_proj.{p}", conv1d=True)
+        for p in ("weight", "bias"):
+            add(f"final_norm.{p}", f"transformer.ln_f.{p}")
+    else:
+        q, kv = config.num_heads * config.attn_head_dim, config.kv_heads * config.attn_head_dim
+        add("token_embedding.weight", "model.embed_tokens.weight")
+        for i in range(config.num_layers):
+            ours, hf = f"layers.{i}.", f"model.layers.{i}."
+            add(f"{ours}attn_norm.weight", f"{hf}input_layernorm.weight")
+            for p in ("weight", "bias") if config.qkv_bias else ("weight",):
+                names = tuple(f"{hf}self_attn.{x}_proj.{p}" for x in "qkv")
+                add(f"{ours}attn.qkv.{p}", names, sizes=[q, kv, kv])
+            add(f"{ours}attn.out.weight", f"{hf}self_attn.o_proj.weight")
+            add(f"{ours}ffn_norm.weight", f"{hf}post_attention_layernorm.weight")
+            gate_up = (f"{hf}mlp.gate_proj.weight", f"{hf}mlp.up_proj.weight")
+            add(f"{ours}ffn.up.weight", gate_up, sizes=[config.hidden_dim] * 2)
+            add(f"{ours}ffn.down.weight", f"{hf}mlp.down_proj.weight")
+        add("final_norm.weight", "model.norm.weight")
+    if not config.tie_embeddings:
+        add("lm_head.weight", "lm_head.weight")
+    return rows
+
+
+def _check_shapes(state: dict[str, Tensor], config: ModelConfig, source: str) -> None:
+    from lmforge.models.transformer import Transformer  # deferred: keeps this module light
+
+    with torch.device("meta"):  # shapes only, nothing allocated
+        expected = Transformer(config).state_dict()
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{key} is {tuple(state[key].shape)} in the {source} but the config needs "
+                f"{tuple(tensor.shape)}; the config does not match these weights"
+            )
+
+
+def state_dict_from_hf(
+    hf_state: dict[str, Tensor], config: ModelConfig, model_type: str
+) -> dict[str, Tensor]:
+    """Our state dict (Transformer.load_state_dict-ready) from an HF one of `model_type`."""
+    if model_type not in SUPPORTED:
+        raise CheckpointError(
+            f"cannot import HF model_type '{model_type}' weights; supported: {', '.join(SUPPORTED)}"
+        )
+    gpt2 = model_type == "gpt2"
+    prefix = "transformer." if gpt2 else "model."
+    hf = {}
+    for key, tensor in hf_state.items():
+        if key.endswith(IGNORED_SUFFIXES):
+            continue
+        # Checkpoints saved from the bare body (e.g. the original gpt2 weights) lack the prefix.
+        if key != "lm_head.weight" and not key.startswith(prefix):
+            key = prefix + key
+        hf[key] = tensor
+    if config.tie_embeddings:
+        hf.pop("lm_head.weight", None)  # the tied alias of the embedding
+    state = {}
+    for ours, names, conv1d, _ in _layout(config, gpt2):
+        missing = [name for name in names if name not in hf]
+        if missing:
+            raise CheckpointError(
+                f"HF {model_type} weights lack {missing[0]}; check that config.json belongs "
+                "to these weights"
+            )
+        tensor = torch.cat([hf.pop(name) for name in names]) if len(names) > 1 else hf.pop(names[0])
+        state[ours] = tensor.t().contiguous() if conv1d and tensor.ndim == 2 else tensor
+    if hf:
+        raise CheckpointError(
+            f"HF {model_type} weights hold tensors lmforge has no place for "
+            f"({', '.join(sorted(hf)[:3])}); only plain decoders as config.json describes load"
+        )
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["token_embedding.weight"]
+    _check_shapes(state, config, "converted HF weights")
+    return state
+
+
+def state_dict_to_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """HF state dict for the architecture `hf_config_from_model_config(config)` names.
+
+    Tied embeddings are stored once (no lm_head.weight), as HF's own checkpoints do, so the result
+    can go straight to safetensors.torch.save_file. No two returned tensors share memory.
+    """
+    gpt2 = _export_type(config) == "gpt2"
+    state = dict(state)
+    if config.tie_embeddings:  # safetensors' save_model keeps only one name of a tied pair
+        shared = state.get("token_embedding.weight", state.get("lm_head.weight"))
+        state["token_embedding.weight"] = state["lm_head.weight"] = shared
+    missing = [key for key, *_ in _layout(config, gpt2) if key not in state]
+    if missing:
+        raise CheckpointError(f"lmforge state dict lacks {missing[0]}; is it this config's model?")
+    _check_shapes(state, config, "lmforge state dict")
+    hf = {}
+    for ours, names, conv1d, sizes in _layout(config, gpt2):
+        tensor = state[ours].t() if conv1d and state[ours].ndim == 2 else state[ours]
+        if sizes:  # split views share storage, which save_file refuses: copy them
+            hf.update(zip(names, (part.clone() for part in tensor.split(sizes)), strict=True))
+        else:
+            hf[names[0]] = tensor.contiguous()
+    return hf
