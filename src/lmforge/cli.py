@@ -85,7 +85,9 @@ def run_train(command: TrainCommand) -> None:
     from lmforge.train.loop import train
 
     result = train(command.run, resume=command.resume, init_from=command.init_from)
-    print(f"done: step {result.step}, val loss {result.val_loss:.4f}; run dir {result.out_dir}")
+    # val_loss is None when --resume finds the run already at train.max_steps (nothing to do).
+    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
+    print(f"done: step {result.step}, val loss {val}; run dir {result.out_dir}")
     print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
 
 

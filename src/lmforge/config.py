@@ -141,9 +141,14 @@ def load_run_config(name_or_path: str | None, preset: str | None = None) -> RunC
 
 
 def config_from_dict(data: dict, source: str = "config", preset: str | None = None) -> RunConfig:
-    model_data = dict(data.get("model", {}))
+    model_data = data.get("model", {})
+    if not isinstance(model_data, dict):
+        raise ConfigError(f"{source}: 'model' must be a table, got {model_data!r}")
+    model_data = dict(model_data)
     preset = preset or model_data.get("preset")
     if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"{source}: model.preset must be str, got {preset!r}")
         model_data = preset_fields(preset) | model_data | {"preset": preset}
     return from_dict(RunConfig, {**data, "model": model_data}, source)
 

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 class StreamPrinter:
     """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
 
-    def __init__(self, tokenizer: Tokenizer, out=sys.stdout):
-        self.tokenizer, self.out = tokenizer, out
+    def __init__(self, tokenizer: Tokenizer, out=None):
+        # Look sys.stdout up now, not at import: it may have been redirected since.
+        self.tokenizer, self.out = tokenizer, out if out is not None else sys.stdout
         self.ids: list[int] = []
         self.printed = 0
 

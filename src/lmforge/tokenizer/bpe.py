@@ -19,6 +19,9 @@ class BPETokenizer:
 
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        # Text that happens to contain "<|endoftext|>" is encoded as ordinary text: only the
+        # data pipeline places the end-of-text id (not persisted in tokenizer.json, so set here).
+        self.hf.encode_special_tokens = True
         self.vocab_size = hf.get_vocab_size()
         eot = hf.token_to_id(END_OF_TEXT)
         assert eot is not None, f"BPE vocabulary has no {END_OF_TEXT} token"

@@ -47,10 +47,11 @@ def lr_at(step: int, max_steps: int, config: OptimConfig) -> float:
         return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (
             config.lr - config.min_lr
         )
-    # Warmup-stable-decay: hold the peak, then decay linearly to min_lr over the last stretch.
+    # Warmup-stable-decay: hold the peak, then decay linearly to min_lr over the last stretch,
+    # reaching it on the final step (like warmup, which reaches the peak on its last step).
     decay_steps = max(int(max_steps * config.decay_fraction), 1)
     decay_start = max_steps - decay_steps
     if step < decay_start:
         return config.lr
-    progress = min((step - decay_start) / decay_steps, 1.0)
+    progress = min((step - decay_start + 1) / decay_steps, 1.0)
     return config.lr + progress * (config.min_lr - config.lr)

@@ -1,0 +1,244 @@
+"""The training loop: overfitting one batch, exact resume, init_from, and its config checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import tiny_run
+
+from lmforge.config import load_run_config
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.tokenizer import ByteTokenizer
+from lmforge.train import checkpoint as ckpt
+from lmforge.train import loop
+from lmforge.train.loop import accumulation_steps, resolve_vocab, train
+from lmforge.train.metrics import read_metrics
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-gpt2"])
+def test_overfit_one_batch_drives_loss_to_zero(tmp_path, corpus_file, byte_data_dir, preset):
+    run = tiny_run(
+        tmp_path / "run",
+        corpus_file,
+        byte_data_dir,
+        model={"preset": preset},
+        optim={"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.0},
+        train={"max_steps": 120, "overfit_one_batch": True, "log_interval": 10},
+    )
+    result = train(run)
+    losses = result.losses
+    assert sorted(losses) == list(range(10, 121, 10))
+    assert losses[10] > 3.0  # it starts near ln(320) ~ 5.8 and must really learn
+    assert losses[120] < 0.1, losses
+    assert result.step == 120 and result.val_loss > 1.0  # memorised, not generalised
+
+
+def resume_run(tmp_path, corpus_file, byte_data_dir, **train_overrides):
+    return tiny_run(
+        tmp_path,
+        corpus_file,
+        byte_data_dir,
+        model={"dropout": 0.1},  # exercises the RNG state too
+        optim={"lr": 5e-3, "warmup_steps": 3},
+        train={
+            "max_steps": 20,
+            "micro_batch_size": 2,  # 2 micro-batches per step: accumulation
+            "eval_interval": 5,
+            "eval_batches": 2,
+            "checkpoint_interval": 10,
+            **train_overrides,
+        },
+    )
+
+
+def final_weights(run_dir):
+    path = (run_dir / "checkpoints" / "last").resolve() / "model.safetensors"
+    return safetensors.torch.load_file(str(path))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_resume_is_exact(tmp_path, corpus_file, byte_data_dir, monkeypatch, dtype):
+    straight = train(resume_run(tmp_path / "straight", corpus_file, byte_data_dir, dtype=dtype))
+    assert sorted(straight.losses) == list(range(1, 21))
+
+    # The interrupted run dies right after its step-10 checkpoint is written.
+    original_prune = ckpt.prune_checkpoints
+
+    def die_after_first_checkpoint(checkpoints, keep):
+        original_prune(checkpoints, keep)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "prune_checkpoints", die_after_first_checkpoint)
+    interrupted_dir = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(resume_run(interrupted_dir, corpus_file, byte_data_dir, dtype=dtype))
+    monkeypatch.undo()
+    assert (interrupted_dir / "checkpoints" / "last").resolve().name == "step-0000010"
+
+    torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
+    resumed = train(
+        resume_run(interrupted_dir, corpus_file, byte_data_dir, dtype=dtype), resume=True
+    )
+    assert resumed.step == 20
+    assert sorted(resumed.losses) == list(range(11, 21))
+    for step in range(11, 21):
+        assert resumed.losses[step] == straight.losses[step], step
+    assert resumed.val_loss == straight.val_loss
+
+    a, b = final_weights(tmp_path / "straight"), final_weights(interrupted_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    # metrics.jsonl of the resumed run continues the interrupted one without a gap.
+    records = read_metrics(interrupted_dir)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 21))
+    straight_records = read_metrics(tmp_path / "straight")
+    assert [r["loss"] for r in records if "loss" in r] == [
+        r["loss"] for r in straight_records if "loss" in r
+    ]
+
+
+def test_interrupted_save_during_training_then_resume(
+    tmp_path, corpus_file, byte_data_dir, monkeypatch
+):
+    run = tiny_run(
+        tmp_path / "run",
+        corpus_file,
+        byte_data_dir,
+        train={"max_steps": 6, "checkpoint_interval": 2, "keep_checkpoints": 1},
+    )
+    original_save = ckpt.save_checkpoint
+    calls = []
+
+    def save_then_crash_on_second(directory, *args, **kwargs):
+        calls.append(directory.name)
+        if len(calls) == 2:
+            (directory.with_name(directory.name + ".tmp")).mkdir()  # half-staged
+            raise OSError("disk full")
+        return original_save(directory, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        train(run)
+    monkeypatch.undo()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / "last").resolve().name == "step-0000002"
+    assert (checkpoints / "step-0000004.tmp").is_dir()
+    result = train(run, resume=True)
+    assert result.step == 6 and sorted(result.losses) == [3, 4, 5, 6]
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["best", "last", "step-0000006"]  # keep 1 (best is the same step)
+
+
+def test_outputs_of_a_run(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"checkpoints", "config.toml", "metrics.jsonl", "loss.png"} <= names
+    assert (trained_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = load_run_config(str(trained_run / "config.toml"))
+    assert config.model.vocab_size == 320  # resolved: 257 rounded up to a multiple of 64
+    assert config.train.max_steps == 4
+    records = read_metrics(trained_run)
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4]
+    assert {"lr", "grad_norm", "tokens_per_s", "mfu", "tokens"} <= set(train_records[0])
+    assert [r["tokens"] for r in train_records] == [128, 256, 384, 512]
+    assert [r["step"] for r in records if "val_loss" in r] == [4]
+    info = json.loads(((trained_run / "checkpoints" / "last") / "checkpoint.json").read_text())
+    assert info["step"] == 4 and info["tokens_seen"] == 512
+    assert info["val_loss"] == [r["val_loss"] for r in records if "val_loss" in r][0]
+    assert (trained_run / "checkpoints" / "best").resolve().name == "step-0000004"
+
+
+def test_init_from_copies_weights(tmp_path, corpus_file, byte_data_dir, trained_run):
+    run = tiny_run(
+        tmp_path / "child",
+        corpus_file,
+        byte_data_dir,
+        optim={"lr": 0.0, "min_lr": 0.0},  # a zero learning rate keeps the weights
+        train={"max_steps": 1},
+    )
+    train(run, init_from=str(trained_run))
+    parent, child = final_weights(trained_run), final_weights(tmp_path / "child")
+    for key in parent:
+        assert torch.equal(parent[key], child[key]), key
+    with pytest.raises(ConfigError, match="exclude each other"):
+        train(
+            dataclasses.replace(
+                run, train=dataclasses.replace(run.train, out_dir=str(tmp_path / "x"))
+            ),
+            resume=True,
+            init_from=str(trained_run),
+        )
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(
+    tmp_path, corpus_file, byte_data_dir, trained_run
+):
+    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume"):
+        train(tiny_run(trained_run, corpus_file, byte_data_dir))
+    with pytest.raises(CheckpointError, match="has no checkpoints/last"):
+        train(tiny_run(tmp_path / "fresh", corpus_file, byte_data_dir), resume=True)
+
+
+def test_resume_with_a_different_shape_is_refused(
+    tmp_path, corpus_file, byte_data_dir, trained_run
+):
+    run = tiny_run(trained_run, corpus_file, byte_data_dir, model={"num_layers": 3})
+    with pytest.raises(
+        ConfigError, match=r"changes the model's shape \(model\.num_layers: 2 -> 3\)"
+    ):
+        train(run, resume=True)
+
+
+def test_resume_of_a_finished_run_is_a_no_op(tmp_path, corpus_file, byte_data_dir, trained_run):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy, symlinks=True)
+    result = train(tiny_run(copy, corpus_file, byte_data_dir), resume=True)
+    assert result.step == 4 and result.losses == {} and result.val_loss is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train": {"max_steps": 0}}, "train.max_steps must be positive"),
+        ({"train": {"seq_len": 256}}, "train.seq_len=256 exceeds model.context_length=128"),
+        (
+            {"train": {"batch_tokens": 100}},
+            r"not a multiple of .* = 128; use e\.g\. batch_tokens=128",
+        ),
+        (
+            {"model": {"vocab_size": 200}},
+            "model.vocab_size=200 is smaller than the tokenizer's 257",
+        ),
+        ({"model": {"dim": 66}}, "does not divide model.dim=66"),
+        ({"train": {"dtype": "fp16"}}, "fp16' needs a CUDA GPU"),
+        ({"train": {"device": "cuda"}}, "no CUDA GPU is visible"),
+    ],
+)
+def test_bad_settings_fail_before_training(
+    tmp_path, corpus_file, byte_data_dir, monkeypatch, overrides, message
+):
+    monkeypatch.setattr(loop, "Transformer", None)  # training must not get as far as the model
+    if overrides.get("train", {}).get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    run = tiny_run(tmp_path / "run", corpus_file, byte_data_dir, **overrides)
+    with pytest.raises(ConfigError, match=message):
+        train(run)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resolve_vocab_and_accumulation():
+    run = tiny_run("r", "c", "d")
+    assert resolve_vocab(run, ByteTokenizer()).model.vocab_size == 320
+    exact = dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=257))
+    assert resolve_vocab(exact, ByteTokenizer()).model.vocab_size == 257
+    assert accumulation_steps(run, 32) == 1
+    four = dataclasses.replace(run, train=dataclasses.replace(run.train, batch_tokens=512))
+    assert accumulation_steps(four, 32) == 4
+    assert accumulation_steps(four, 32, world_size=2) == 2

@@ -1,0 +1,98 @@
+"""Learning-rate schedules and AdamW parameter groups."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+import torch
+from conftest import build, tiny_model
+
+from lmforge.config import OptimConfig
+from lmforge.train.optim import build_optimizer, lr_at
+
+
+def schedule(config: OptimConfig, max_steps: int) -> list[float]:
+    return [lr_at(step, max_steps, config) for step in range(max_steps)]
+
+
+def test_linear_warmup_reaches_peak():
+    config = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = schedule(config, 100)
+    assert lrs[:10] == pytest.approx([1e-3 * (s + 1) / 10 for s in range(10)])
+    assert lrs[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in pairwise(lrs[:10]))
+
+
+def test_cosine_decays_monotonically_to_min_lr_at_the_end():
+    config = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="cosine")
+    lrs = schedule(config, 100)
+    after = lrs[10:]
+    assert after[0] == pytest.approx(1e-3)
+    assert all(a > b for a, b in pairwise(after))
+    assert lr_at(100, 100, config) == pytest.approx(1e-4)  # min_lr after the last step
+    assert 1e-4 < lrs[-1] < 1e-4 + 1e-3 * 9e-4  # the last step is within 0.1% of the range
+    assert lr_at(10_000, 100, config) == pytest.approx(1e-4)  # never below the floor
+    assert lr_at(55, 100, config) == pytest.approx(1e-4 + 0.5 * 9e-4)  # halfway: mid-range
+
+
+def test_constant_schedule():
+    config = OptimConfig(lr=2e-3, min_lr=1e-4, warmup_steps=5, schedule="constant")
+    lrs = schedule(config, 50)
+    assert lrs[:5] == pytest.approx([4e-4, 8e-4, 1.2e-3, 1.6e-3, 2e-3])
+    assert lrs[5:] == [2e-3] * 45
+
+
+def test_wsd_holds_then_decays_linearly_to_min_lr():
+    config = OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="wsd", decay_fraction=0.2)
+    lrs = schedule(config, 100)
+    assert lrs[10:80] == [1e-3] * 70  # stable until the last 20% of steps
+    decay = lrs[80:]
+    assert all(a > b for a, b in pairwise(decay))
+    assert decay[-1] == pytest.approx(1e-4)
+    steps = [decay[i] - decay[i + 1] for i in range(len(decay) - 1)]
+    assert max(steps) == pytest.approx(min(steps))  # linear
+
+
+@pytest.mark.parametrize("max_steps", [2, 5, 9, 10])
+def test_wsd_short_runs_still_decay_to_min_lr(max_steps):
+    config = OptimConfig(lr=1e-2, min_lr=1e-3, warmup_steps=1, schedule="wsd")
+    lrs = schedule(config, max_steps)
+    assert lrs[-1] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("max_steps", [2, 5, 9])
+def test_cosine_short_runs_decay(max_steps):
+    config = OptimConfig(lr=1e-2, min_lr=1e-3, warmup_steps=1, schedule="cosine")
+    lrs = schedule(config, max_steps)
+    assert lrs[0] == pytest.approx(1e-2)
+    assert all(a >= b - 1e-12 for a, b in pairwise(lrs))
+    assert lr_at(max_steps, max_steps, config) == pytest.approx(1e-3)
+
+
+def test_weight_decay_only_on_matrices():
+    model = build(tiny_model("tiny-gpt2", vocab_size=97))  # has biases and LayerNorm weights
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=0.1), torch.device("cpu"))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert decayed["params"] and all(p.dim() >= 2 for p in decayed["params"])
+    assert plain["params"] and all(p.dim() < 2 for p in plain["params"])
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+    assert any(p is model.token_embedding.weight for p in decayed["params"])
+    assert any(p is model.final_norm.weight for p in plain["params"])
+
+
+def test_adamw_step_decays_matrices_and_leaves_vectors():
+    """With zero gradients Adam's update is zero, so only decoupled weight decay moves weights."""
+    model = build(tiny_model("tiny-gpt2", vocab_size=97))
+    lr, wd = 0.1, 0.5
+    optimizer = build_optimizer(model, OptimConfig(lr=lr, weight_decay=wd), torch.device("cpu"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        factor = 1 - lr * wd if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)

@@ -1,0 +1,87 @@
+"""Device/precision helpers, the metrics log and the loss plot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from lmforge.config import LoggingConfig, RunConfig
+from lmforge.errors import ConfigError
+from lmforge.train.metrics import METRICS_FILE, MetricsLogger, read_metrics
+from lmforge.train.plot import plot_run
+from lmforge.train.runtime import autocast_context, measure_peak_flops, pick_device
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert pick_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+            pick_device("cuda")
+
+
+def test_autocast_context():
+    cpu = torch.device("cpu")
+    assert isinstance(autocast_context(cpu, "fp32"), contextlib.nullcontext)
+    with autocast_context(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16' needs a CUDA GPU"):
+        autocast_context(cpu, "fp16")
+
+
+def test_measure_peak_flops_is_positive():
+    assert 1e6 < measure_peak_flops(torch.device("cpu"), "fp32", size=64) < 1e15
+
+
+def test_metrics_log_appends_jsonl_and_reads_back(tmp_path):
+    logger = MetricsLogger(tmp_path, LoggingConfig(progress_bar=False), RunConfig())
+    logger.log(1, {"loss": 2.5, "lr": 1e-3})
+    logger.log(2, {"val_loss": 2.0})
+    logger.close()
+    again = MetricsLogger(tmp_path, LoggingConfig(), RunConfig())  # a resumed run appends
+    again.log(3, {"loss": 1.5})
+    again.close()
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == read_metrics(tmp_path)
+    assert read_metrics(tmp_path) == [
+        {"step": 1, "loss": 2.5, "lr": 1e-3},
+        {"step": 2, "val_loss": 2.0},
+        {"step": 3, "loss": 1.5},
+    ]
+
+
+def test_missing_optional_logger_is_a_config_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match=r"pip install 'lmforge\[wandb\]'"):
+        MetricsLogger(tmp_path, LoggingConfig(wandb=True), RunConfig())
+
+
+def test_read_metrics_of_a_non_run(tmp_path):
+    with pytest.raises(ConfigError, match="has no metrics.jsonl"):
+        read_metrics(tmp_path)
+
+
+def test_plot_run_writes_png(tmp_path):
+    logger = MetricsLogger(tmp_path, LoggingConfig(), RunConfig())
+    for step in range(1, 11):
+        logger.log(step, {"loss": 5.0 / step})
+    logger.log(10, {"val_loss": 0.7})
+    logger.close()
+    default = plot_run(tmp_path)
+    assert default == tmp_path / "loss.png"
+    data = default.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    custom = plot_run(tmp_path, tmp_path / "sub.png")
+    assert custom.read_bytes()[:4] == b"\x89PNG"
