@@ -82,16 +82,22 @@ def test_cli_preset_flag_replaces_the_files_preset(tmp_path):
 def test_shipped_configs_load_and_round_trip(tmp_path, name):
     run = load_run_config(name)
     assert resolve_config_path(name) == CONFIG_DIR / f"{name}.toml"
-    assert run.model.preset in PRESETS
+    assert run.model.preset is None or run.model.preset in PRESETS
     dump_toml(run, tmp_path / "x.toml")
     assert load_run_config(str(tmp_path / "x.toml")) == run
 
 
 def test_quickstart_values():
     run = load_run_config("quickstart")
-    assert run.model.preset == "small-llama" and run.model.dim == 256
+    assert run.model.preset is None and run.model.dim == 256 and run.model.num_kv_heads == 4
     assert run.data.source == "python-stdlib" and run.data.tokenizer == "bpe"
-    assert run.train.max_steps == 400 and run.train.seq_len == 256
+    assert run.train.max_steps == 180 and run.train.seq_len == 256
+
+
+def test_cli_preset_replaces_the_files_model_table():
+    run = load_run_config("quickstart", preset="tiny-llama")
+    assert run.model.preset == "tiny-llama" and run.model.dim == 64
+    assert run.train.max_steps == 180  # the rest of the file still applies
 
 
 def test_defaults_round_trip(tmp_path):

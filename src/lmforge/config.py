@@ -127,7 +127,10 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def load_run_config(name_or_path: str | None, preset: str | None = None) -> RunConfig:
-    """Defaults, then the model preset (from `preset` or the file's model.preset), then the file."""
+    """Defaults, then the model preset (from `preset` or the file's model.preset), then the file.
+
+    An explicit `preset` (the --model.preset flag) replaces the file's [model] table instead.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
     if name_or_path is not None:
@@ -141,7 +144,8 @@ def load_run_config(name_or_path: str | None, preset: str | None = None) -> RunC
 
 
 def config_from_dict(data: dict, source: str = "config", preset: str | None = None) -> RunConfig:
-    model_data = data.get("model", {})
+    """A preset passed explicitly (from --model.preset) replaces the file's whole [model] table."""
+    model_data = {} if preset else data.get("model", {})
     if not isinstance(model_data, dict):
         raise ConfigError(f"{source}: 'model' must be a table, got {model_data!r}")
     model_data = dict(model_data)

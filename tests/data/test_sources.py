@@ -32,6 +32,7 @@ def test_python_stdlib_corpus_has_no_tests_or_site_packages():
     assert len(files) > 100
     assert any(f.name == "dataclasses.py" for f in files)
     assert not any("site-packages" in f.parts or f.name.startswith("test_") for f in files)
+    assert not any("encodings" in f.parts or "pydoc_data" in f.parts for f in files)
 
 
 @pytest.mark.parametrize(

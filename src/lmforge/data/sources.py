@@ -24,9 +24,14 @@ class Document:
 
 
 def python_stdlib_files() -> list[Path]:
-    """The running Python's standard-library sources, without tests and installed packages."""
+    """The running Python's standard-library sources, without tests and installed packages.
+
+    `encodings` (codec tables) and `pydoc_data` (one giant docs string) are generated data, not
+    code; left in, they are 2 MB of repetitive tables the model would spend its capacity on.
+    """
     root = Path(sysconfig.get_paths()["stdlib"])
     skipped = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    skipped |= {"encodings", "pydoc_data"}
     files = [
         p
         for p in root.rglob("*.py")
