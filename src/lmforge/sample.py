@@ -36,8 +36,12 @@ class StreamPrinter:
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    # Training documents start after an end-of-text token, so it is the natural "start" marker.
-    return [tokenizer.eot_id, *tokenizer.encode(prompt)]
+    """Prompt ids with the model's start marker: BOS where the tokenizer asks for one, else
+    end-of-text (lmforge's pretraining puts it before every document)."""
+    start = (
+        tokenizer.bos_id if tokenizer.add_bos and tokenizer.bos_id is not None else tokenizer.eot_id
+    )
+    return [start, *tokenizer.encode(prompt)]
 
 
 def sample(command: SampleCommand) -> list[str]:

@@ -10,9 +10,9 @@ from conftest import make_text
 from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.tokenizer import (
     END_OF_TEXT,
-    BPETokenizer,
     ByteTokenizer,
     CharTokenizer,
+    HuggingFaceTokenizer,
     load_tokenizer,
 )
 from lmforge.tokenizer.base import DESCRIPTOR
@@ -21,9 +21,9 @@ SAMPLE = "def f(x):\n    return x * 2  # héllo wörld ✓ 日本\n"
 
 
 @pytest.fixture(scope="module")
-def bpe() -> BPETokenizer:
+def bpe() -> HuggingFaceTokenizer:
     texts = [make_text(i, 40) for i in range(10)] + [SAMPLE]
-    return BPETokenizer.train(texts, vocab_size=300)
+    return HuggingFaceTokenizer.train(texts, vocab_size=300)
 
 
 def test_byte_round_trip_and_ids():
@@ -72,15 +72,15 @@ def test_literal_end_of_text_in_text_is_ordinary_text(tmp_path, bpe):
 
 def test_bpe_too_small_vocab():
     with pytest.raises(ConfigError, match="at least 258"):
-        BPETokenizer.train(["abc"], vocab_size=257)
+        HuggingFaceTokenizer.train(["abc"], vocab_size=257)
 
 
-@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+@pytest.mark.parametrize("kind", ["byte", "char", "huggingface"])
 def test_save_load_round_trip(tmp_path, bpe, kind):
     tokenizer = {
         "byte": ByteTokenizer(),
         "char": CharTokenizer.train([SAMPLE]),
-        "bpe": bpe,
+        "huggingface": bpe,
     }[kind]
     tokenizer.save(tmp_path / "tok")
     descriptor = json.loads((tmp_path / "tok" / DESCRIPTOR).read_text())
@@ -96,8 +96,8 @@ def test_save_load_round_trip(tmp_path, bpe, kind):
 def test_load_errors(tmp_path, bpe):
     with pytest.raises(CheckpointError, match="lmforge_tokenizer.json is missing"):
         load_tokenizer(tmp_path)
-    (tmp_path / DESCRIPTOR).write_text(json.dumps({"type": "sentencepiece"}))
-    with pytest.raises(CheckpointError, match="unknown tokenizer type 'sentencepiece'"):
+    (tmp_path / DESCRIPTOR).write_text(json.dumps({"type": "klingon"}))
+    with pytest.raises(CheckpointError, match="unknown tokenizer type 'klingon'"):
         load_tokenizer(tmp_path)
     bpe.save(tmp_path / "bpe")
     (tmp_path / "bpe" / "tokenizer.json").unlink()

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lmforge.config import DataConfig
 from lmforge.data.sources import Document, load_documents, split_documents
 from lmforge.errors import DataError
-from lmforge.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
+from lmforge.tokenizer import ByteTokenizer, CharTokenizer, HuggingFaceTokenizer, Tokenizer
 
 INDEX = "index.json"
 ENCODE_CHUNK_DOCS = 256
@@ -50,7 +50,7 @@ def train_tokenizer(config: DataConfig, documents: list[Document]) -> Tokenizer:
         return ByteTokenizer()
     if config.tokenizer == "char":
         return CharTokenizer.train(texts)
-    return BPETokenizer.train(texts, config.vocab_size)
+    return HuggingFaceTokenizer.train(texts, config.vocab_size)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -84,7 +84,13 @@ def write_shards(
         buffer, buffered = [], 0
 
     total_chars = sum(len(d.text) for d in documents)
-    bar = tqdm(total=total_chars, unit="char", unit_scale=True, desc=f"tokenize {split}", disable=not progress)
+    bar = tqdm(
+        total=total_chars,
+        unit="char",
+        unit_scale=True,
+        desc=f"tokenize {split}",
+        disable=not progress,
+    )
     for start in range(0, len(documents), ENCODE_CHUNK_DOCS):
         chunk = documents[start : start + ENCODE_CHUNK_DOCS]
         for ids in tokenizer.encode_batch([d.text for d in chunk]):
@@ -112,7 +118,9 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
             "set data.dir to a new directory or delete the old one"
         )
     if directory.exists() and any(directory.iterdir()):
-        raise DataError(f"{directory} exists but has no {INDEX}; delete it or set data.dir elsewhere")
+        raise DataError(
+            f"{directory} exists but has no {INDEX}; delete it or set data.dir elsewhere"
+        )
     if config.shard_tokens <= 0:
         raise DataError(f"data.shard_tokens must be positive, got {config.shard_tokens}")
 
@@ -147,5 +155,7 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
 def read_index(directory: Path) -> dict:
     path = Path(directory) / INDEX
     if not path.is_file():
-        raise DataError(f"{directory} is not a prepared dataset ({INDEX} missing); run `lmforge prepare`")
+        raise DataError(
+            f"{directory} is not a prepared dataset ({INDEX} missing); run `lmforge prepare`"
+        )
     return json.loads(path.read_text())

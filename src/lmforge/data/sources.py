@@ -35,8 +35,7 @@ def python_stdlib_files() -> list[Path]:
     files = [
         p
         for p in root.rglob("*.py")
-        if not skipped.intersection(p.relative_to(root).parts)
-        and not p.name.startswith("test_")
+        if not skipped.intersection(p.relative_to(root).parts) and not p.name.startswith("test_")
     ]
     return sorted(files)
 
@@ -47,7 +46,9 @@ def source_files(source: str) -> list[Path]:
         return python_stdlib_files()
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".py", ".md"))
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".py", ".md")
+        )
     elif path.is_file():
         files = [path]
     else:

@@ -1,12 +1,12 @@
-"""One interface over byte, char and trained-BPE tokenizers."""
+"""One interface over byte, char and Hugging Face (trained BPE or pretrained) tokenizers."""
 
 from lmforge.tokenizer.base import END_OF_TEXT, Tokenizer, load_tokenizer
-from lmforge.tokenizer.bpe import BPETokenizer
+from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
 from lmforge.tokenizer.simple import ByteTokenizer, CharTokenizer
 
 __all__ = [
     "END_OF_TEXT",
-    "BPETokenizer",
+    "HuggingFaceTokenizer",
     "ByteTokenizer",
     "CharTokenizer",
     "Tokenizer",

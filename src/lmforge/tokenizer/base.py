@@ -1,8 +1,8 @@
 """The tokenizer interface every lmforge tokenizer implements, and loading one from a directory.
 
 A tokenizer directory (inside every prepared dataset and every checkpoint) holds
-`lmforge_tokenizer.json`, which names the tokenizer type and its special tokens, plus whatever
-files that type needs (`tokenizer.json` for BPE).
+`lmforge_tokenizer.json`, which names the tokenizer type, its special tokens and chat template,
+plus whatever files that type needs (`tokenizer.json` for Hugging Face tokenizers).
 """
 
 from __future__ import annotations
@@ -21,13 +21,20 @@ class Tokenizer(Protocol):
     kind: str
     vocab_size: int
     eot_id: int
-    """End-of-text token placed between documents."""
+    """End-of-text: placed between documents, and ends a chat reply."""
+    bos_id: int | None
+    add_bos: bool
+    """Put bos_id in front of every prompt (Llama-style models expect it)."""
+    chat_template: str | None
+    """Jinja chat template (Hugging Face convention), if the tokenizer came with one."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Special-token strings in text are plain text unless allow_special."""
+        ...
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int], skip_special: bool = True) -> str: ...
 
     def save(self, directory: Path) -> None: ...
 
@@ -39,7 +46,7 @@ def write_descriptor(directory: Path, payload: dict) -> None:
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load the tokenizer saved in a checkpoint or prepared-data directory."""
-    from lmforge.tokenizer.bpe import BPETokenizer
+    from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
     from lmforge.tokenizer.simple import ByteTokenizer, CharTokenizer
 
     path = Path(directory) / DESCRIPTOR
@@ -49,7 +56,11 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             "point at a checkpoint or prepared-data directory written by lmforge"
         )
     descriptor = json.loads(path.read_text())
-    loaders = {"byte": ByteTokenizer.load, "char": CharTokenizer.load, "bpe": BPETokenizer.load}
+    loaders = {
+        "byte": ByteTokenizer.load,
+        "char": CharTokenizer.load,
+        "huggingface": HuggingFaceTokenizer.load,
+    }
     kind = descriptor.get("type")
     if kind not in loaders:
         raise CheckpointError(f"unknown tokenizer type {kind!r} in {path}")

@@ -15,14 +15,17 @@ class ByteTokenizer:
     kind = "byte"
     vocab_size = 257
     eot_id = 256
+    bos_id = None
+    add_bos = False
+    chat_template = None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
         return list(text.encode("utf-8"))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
     def save(self, directory: Path) -> None:
@@ -37,6 +40,9 @@ class CharTokenizer:
     """One id per distinct character seen in the training text, then end-of-text."""
 
     kind = "char"
+    bos_id = None
+    add_bos = False
+    chat_template = None
 
     def __init__(self, chars: list[str]):
         self.chars = chars
@@ -51,7 +57,7 @@ class CharTokenizer:
             seen.update(text)
         return cls(sorted(seen))
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
         try:
             return [self.char_to_id[c] for c in text]
         except KeyError as missing:
@@ -63,7 +69,7 @@ class CharTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return "".join(self.chars[i] for i in ids if i < len(self.chars))
 
     def save(self, directory: Path) -> None:
