@@ -113,6 +113,7 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
     if cfg.max_steps <= 0:
         raise ConfigError(f"train.max_steps must be positive, got {cfg.max_steps}")
 
+    run.model.validate()  # shape errors before the (possibly long) data preparation
     device = pick_device(cfg.device)
     enable_fast_math(device)
     autocast = autocast_context(device, cfg.dtype)
