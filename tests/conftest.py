@@ -175,3 +175,18 @@ def assert_one_line_error(stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     return line
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Read-only reference data (pretrained tokenizers, corpora): $LMFORGE_SHARED_DATA, else
+    <repo>/../shared/data. Missing data skips the test, or fails it where
+    LMFORGE_REQUIRE_SHARED_DATA=1 (CI must not pass by skipping)."""
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    path = Path(os.environ.get("LMFORGE_SHARED_DATA") or default)
+    if not path.is_dir():
+        message = f"shared reference data not found at {path}; set LMFORGE_SHARED_DATA"
+        if os.environ.get("LMFORGE_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

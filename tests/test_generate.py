@@ -113,18 +113,22 @@ def test_prompt_longer_than_context_is_truncated():
     assert out[0] == int(model(torch.tensor([prompt[-16:]]))[0, -1].argmax())
 
 
-def test_stop_token_ends_each_row_separately():
+def test_stop_tokens_end_each_row_separately():
     model = peaked_model("llama")
     batch = prompts([5, 8], seed=8)
     free = generate(model, batch, SamplingConfig(max_new_tokens=20, **GREEDY))
-    stop = free[0][3]  # stop row 0 at its 4th token
-    stopped = generate(model, batch, SamplingConfig(max_new_tokens=20, stop_token=stop, **GREEDY))
-    assert stopped[0] == free[0][: free[0].index(stop) + 1]
-    assert stopped[0][-1] == stop
-    if stop in free[1]:
-        assert stopped[1] == free[1][: free[1].index(stop) + 1]
-    else:
-        assert stopped[1] == free[1]
+
+    def cut(row: list[int], stops: tuple[int, ...]) -> list[int]:
+        ends = [i for i, t in enumerate(row) if t in stops]
+        return row[: ends[0] + 1] if ends else row
+
+    # One stop token (row 0 at its 4th token), then two: a row ends on whichever comes first.
+    for stops in ((free[0][3],), (free[0][3], free[1][2])):
+        config = SamplingConfig(max_new_tokens=20, stop_tokens=stops, **GREEDY)
+        stopped = generate(model, batch, config)
+        assert stopped == [cut(row, stops) for row in free]
+        assert stopped[0][-1] in stops and len(stopped[0]) <= 4
+    assert len(stopped[1]) <= 3
 
 
 def test_on_tokens_streams_every_step():

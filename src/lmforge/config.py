@@ -31,7 +31,9 @@ class DataConfig:
 
     source: str = "python-stdlib"
     """Built-in corpus name (python-stdlib) or a path / glob of UTF-8 text files."""
-    tokenizer: Literal["byte", "char", "bpe"] = "bpe"
+    tokenizer: str = "bpe"
+    """byte, char, bpe (trained here), or a pretrained tokenizer: cl100k_base, a tokenizer.json /
+    tokenizer.model path or a directory holding one."""
     vocab_size: int = 4096
     """BPE vocabulary size (including the end-of-text token); ignored for byte and char."""
     val_fraction: float = 0.05

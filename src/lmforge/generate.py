@@ -19,8 +19,8 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
-    stop_token: int | None = None
-    """Stop a row when it emits this token (e.g. end-of-text)."""
+    stop_tokens: tuple[int, ...] = ()
+    """Stop a row when it emits any of these (e.g. end-of-text, a chat end-of-turn token)."""
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -83,6 +83,7 @@ def generate(
     history = [list(p[-context:]) for p in prompts]  # real tokens per row, for rebuilding
     new_tokens: list[list[int]] = [[] for _ in prompts]
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    stops = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
 
     def prefill(rows: list[list[int]]):
         tokens, pads, positions = _left_pad(rows, device)
@@ -95,8 +96,8 @@ def generate(
     for _ in range(config.max_new_tokens):
         token = next_tokens(logits, config, generator)
         already_done = finished.tolist()
-        if config.stop_token is not None:
-            finished |= token == config.stop_token
+        if config.stop_tokens:
+            finished |= torch.isin(token, stops)
         if on_tokens is not None:
             on_tokens(token)
         for row, value in enumerate(token.tolist()):

@@ -56,7 +56,7 @@ def sample(command: SampleCommand) -> list[str]:
         top_k=command.top_k,
         top_p=command.top_p,
         seed=command.seed,
-        stop_token=tokenizer.eot_id if command.stop_at_end_of_text else None,
+        stop_tokens=tokenizer.stop_ids if command.stop_at_end_of_text else (),
     )
     streaming = len(prompts) == 1
     printer = StreamPrinter(tokenizer) if streaming else None

@@ -2,7 +2,7 @@
 
 Layout of a prepared directory:
     index.json               dtype, per-split shard files and token counts, tokenizer, source
-    lmforge_tokenizer.json   (+ tokenizer.json for BPE) the tokenizer, trained on the train split
+    lmforge_tokenizer.json   (+ its files) the tokenizer: trained on the train split, or pretrained
     train-00000.bin ...      flat token ids, documents separated by end-of-text
     val-00000.bin ...
 The directory is built under a temporary name and renamed into place, so a half-written dataset
@@ -12,6 +12,7 @@ is never mistaken for a finished one.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,27 @@ from tqdm import tqdm
 from lmforge.config import DataConfig
 from lmforge.data.sources import Document, load_documents, split_documents
 from lmforge.errors import DataError
-from lmforge.tokenizer import ByteTokenizer, CharTokenizer, HuggingFaceTokenizer, Tokenizer
+from lmforge.tokenizer import (
+    ByteTokenizer,
+    CharTokenizer,
+    HuggingFaceTokenizer,
+    Tokenizer,
+    load_pretrained_tokenizer,
+)
 
 INDEX = "index.json"
 ENCODE_CHUNK_DOCS = 256
+TRAINED = ("byte", "char", "bpe")
+
+
+def tokenizer_label(tokenizer: str) -> str:
+    """A short, path-safe name for data.tokenizer: the spec, or a pretrained one's folder/file."""
+    label = tokenizer
+    if tokenizer not in TRAINED:
+        path = Path(tokenizer)
+        generic = path.stem in ("tokenizer", "encoder", "vocab") and path.parent.name
+        label = path.parent.name if generic else path.name if path.is_dir() else path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "pretrained"
 
 
 def default_data_dir(config: DataConfig) -> Path:
@@ -32,7 +50,7 @@ def default_data_dir(config: DataConfig) -> Path:
         return Path(config.dir)
     name = Path(config.source).stem if config.source not in ("python-stdlib",) else config.source
     vocab = str(config.vocab_size) if config.tokenizer == "bpe" else ""
-    return Path("data") / f"{name}-{config.tokenizer}{vocab}"
+    return Path("data") / f"{name}-{tokenizer_label(config.tokenizer)}{vocab}"
 
 
 def fingerprint(config: DataConfig) -> dict:
@@ -50,7 +68,9 @@ def train_tokenizer(config: DataConfig, documents: list[Document]) -> Tokenizer:
         return ByteTokenizer()
     if config.tokenizer == "char":
         return CharTokenizer.train(texts)
-    return HuggingFaceTokenizer.train(texts, config.vocab_size)
+    if config.tokenizer == "bpe":
+        return HuggingFaceTokenizer.train(texts, config.vocab_size)
+    return load_pretrained_tokenizer(config.tokenizer)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -124,9 +144,13 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
     if config.shard_tokens <= 0:
         raise DataError(f"data.shard_tokens must be positive, got {config.shard_tokens}")
 
+    # A pretrained tokenizer is loaded before the text, so a bad spec fails fast.
+    pretrained = None
+    if config.tokenizer not in TRAINED:
+        pretrained = load_pretrained_tokenizer(config.tokenizer)
     documents = load_documents(config.source)
     train_docs, val_docs = split_documents(documents, config.val_fraction)
-    tokenizer = train_tokenizer(config, train_docs)
+    tokenizer = pretrained or train_tokenizer(config, train_docs)
 
     staging = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)

@@ -27,6 +27,8 @@ class Tokenizer(Protocol):
     """Put bos_id in front of every prompt (Llama-style models expect it)."""
     chat_template: str | None
     """Jinja chat template (Hugging Face convention), if the tokenizer came with one."""
+    stop_ids: tuple[int, ...]
+    """Ids that end generation: eot_id plus chat end-of-turn tokens (<|eot_id|>, <|im_end|>...)."""
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         """Special-token strings in text are plain text unless allow_special."""
@@ -47,7 +49,9 @@ def write_descriptor(directory: Path, payload: dict) -> None:
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load the tokenizer saved in a checkpoint or prepared-data directory."""
     from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
+    from lmforge.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
     from lmforge.tokenizer.simple import ByteTokenizer, CharTokenizer
+    from lmforge.tokenizer.tiktoken_tokenizer import TiktokenTokenizer
 
     path = Path(directory) / DESCRIPTOR
     if not path.is_file():
@@ -60,6 +64,8 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         "byte": ByteTokenizer.load,
         "char": CharTokenizer.load,
         "huggingface": HuggingFaceTokenizer.load,
+        "tiktoken": TiktokenTokenizer.load,
+        "sentencepiece": SentencePieceTokenizer.load,
     }
     kind = descriptor.get("type")
     if kind not in loaders:

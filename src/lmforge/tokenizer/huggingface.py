@@ -9,10 +9,12 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError, ConfigError, DataError
 from lmforge.tokenizer.base import END_OF_TEXT, write_descriptor
 
 HF_FILE = "tokenizer.json"
+# End-of-turn markers of common chat formats (ChatML, Llama 3, GPT-2 style, Phi-3).
+CHAT_STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end|>")
 
 
 class HuggingFaceTokenizer:
@@ -41,6 +43,8 @@ class HuggingFaceTokenizer:
             raise CheckpointError(f"tokenizer has no end-of-text token {eot_token!r}")
         self.eot_id = eot
         self.bos_id = hf.token_to_id(bos_token) if bos_token else None
+        stops = [hf.token_to_id(t) for t in CHAT_STOP_TOKENS]
+        self.stop_ids = tuple(dict.fromkeys([eot, *(i for i in stops if i is not None)]))
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> HuggingFaceTokenizer:
@@ -119,10 +123,21 @@ class HuggingFaceTokenizer:
 
         eos = token_text(config.get("eos_token")) or END_OF_TEXT
         bos = token_text(config.get("bos_token"))
+        template = config.get("chat_template")
+        if isinstance(template, list):  # older multi-template form: [{"name", "template"}]
+            named = {t.get("name"): t.get("template") for t in template}
+            template = named.get("default")
+        jinja_path = Path(directory) / "chat_template.jinja"  # where transformers >= 4.43 saves it
+        if template is None and jinja_path.is_file():
+            template = jinja_path.read_text()
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"{path} is not a Hugging Face tokenizer.json ({error})") from None
         return cls(
-            HFTokenizer.from_file(str(path)),
+            hf,
             eot_token=eos,
             bos_token=bos,
             add_bos=bool(config.get("add_bos_token", False)),
-            chat_template=config.get("chat_template"),
+            chat_template=template,
         )

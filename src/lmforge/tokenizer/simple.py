@@ -15,6 +15,7 @@ class ByteTokenizer:
     kind = "byte"
     vocab_size = 257
     eot_id = 256
+    stop_ids = (256,)
     bos_id = None
     add_bos = False
     chat_template = None
@@ -48,6 +49,7 @@ class CharTokenizer:
         self.chars = chars
         self.char_to_id = {c: i for i, c in enumerate(chars)}
         self.eot_id = len(chars)
+        self.stop_ids = (self.eot_id,)
         self.vocab_size = len(chars) + 1
 
     @classmethod
