@@ -20,6 +20,7 @@ import tyro
 
 from lmforge.config import RunConfig, load_run_config
 from lmforge.errors import LmforgeError
+from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 
 
 @dataclass
@@ -61,7 +62,33 @@ class SampleCommand:
     device: str = "auto"
     dtype: Literal["fp32", "bf16"] = "fp32"
     stop_at_end_of_text: bool = True
-    """Stop a sample when the model emits the end-of-text token."""
+    """Stop a sample at the tokenizer's end-of-text or end-of-turn tokens."""
+    chat: bool = False
+    """Wrap each prompt in the chat template as a user message (for instruction-tuned models)."""
+    template: str | None = None
+    """Chat template: a built-in name (chatml, llama3, llama2, alpaca) or Jinja source;
+    default: the tokenizer's own."""
+
+
+@dataclass
+class ChatCommand:
+    """Chat with a model in the terminal, through its chat template, streaming the replies."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    system: str | None = None
+    """System prompt put at the start of the conversation."""
+    template: str | None = None
+    """Chat template: a built-in name (chatml, llama3, llama2, alpaca) or Jinja source;
+    default: the tokenizer's own."""
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    """0 is greedy decoding."""
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 1337
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
@@ -108,6 +135,12 @@ def run_sample(command: SampleCommand) -> None:
     sample(command)
 
 
+def run_chat(command: ChatCommand) -> None:
+    from lmforge.chat import chat
+
+    chat(command)
+
+
 def run_plot(command: PlotCommand) -> None:
     from lmforge.train.plot import plot_run
 
@@ -138,8 +171,11 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "train": (TrainCommand, run_train),
     "prepare": (PrepareCommand, run_prepare),
     "sample": (SampleCommand, run_sample),
+    "chat": (ChatCommand, run_chat),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
+    "convert": (ConvertCommand, run_convert),
+    "export": (ExportCommand, run_export),
 }
 
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmforge.generate import SamplingConfig, generate
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import END_OF_TEXT, Tokenizer
+from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model
 from lmforge.train.runtime import pick_device
 
@@ -35,13 +36,23 @@ class StreamPrinter:
         self.printed = len(text)
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Prompt ids with the model's start marker: BOS where the tokenizer asks for one, else
-    end-of-text (lmforge's pretraining puts it before every document)."""
-    start = (
-        tokenizer.bos_id if tokenizer.add_bos and tokenizer.bos_id is not None else tokenizer.eot_id
-    )
-    return [start, *tokenizer.encode(prompt)]
+def encode_prompt(
+    tokenizer: Tokenizer, prompt: str, chat: bool = False, template=None
+) -> list[int]:
+    """Prompt ids with the model's start marker.
+
+    BOS where the tokenizer asks for one (Llama); else <|endoftext|> where that is the
+    tokenizer's end-of-text (lmforge's pretraining and GPT-2 put it before every document); with
+    `chat`, the prompt becomes a user message in the chat template.
+    """
+    if chat:
+        return encode_chat(tokenizer, [{"role": "user", "content": prompt}], template)
+    ids = tokenizer.encode(prompt)
+    if tokenizer.add_bos and tokenizer.bos_id is not None:
+        return [tokenizer.bos_id, *ids]
+    if not ids or tokenizer.decode([tokenizer.eot_id], skip_special=False) == END_OF_TEXT:
+        return [tokenizer.eot_id, *ids]
+    return ids
 
 
 def sample(command: SampleCommand) -> list[str]:
@@ -49,7 +60,7 @@ def sample(command: SampleCommand) -> list[str]:
     model, tokenizer, _ = load_model(command.checkpoint, device)
     if command.dtype == "bf16":
         model = model.to(torch.bfloat16)
-    prompts = [encode_prompt(tokenizer, p) for p in command.prompt]
+    prompts = [encode_prompt(tokenizer, p, command.chat, command.template) for p in command.prompt]
     config = SamplingConfig(
         max_new_tokens=command.max_new_tokens,
         temperature=command.temperature,

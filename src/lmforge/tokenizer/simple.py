@@ -27,6 +27,16 @@ class ByteTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        if not skip_special:  # end-of-text shows as its marker string
+            pieces, current = [], []
+            for i in ids:
+                if i < 256:
+                    current.append(i)
+                else:
+                    pieces.append(bytes(current).decode("utf-8", errors="replace"))
+                    current = []
+            pieces.append(bytes(current).decode("utf-8", errors="replace"))
+            return END_OF_TEXT.join(pieces)
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
     def save(self, directory: Path) -> None:
@@ -72,6 +82,8 @@ class CharTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        if not skip_special:
+            return "".join(self.chars[i] if i < len(self.chars) else END_OF_TEXT for i in ids)
         return "".join(self.chars[i] for i in ids if i < len(self.chars))
 
     def save(self, directory: Path) -> None:

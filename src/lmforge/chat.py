@@ -1,0 +1,97 @@
+"""`lmforge chat`: an interactive terminal conversation through the model's chat template."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
+
+import torch
+
+from lmforge.errors import ConfigError
+from lmforge.generate import SamplingConfig, generate
+from lmforge.sample import StreamPrinter
+from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer.chat import encode_chat
+from lmforge.train.checkpoint import load_model
+from lmforge.train.runtime import pick_device
+
+if TYPE_CHECKING:
+    from lmforge.cli import ChatCommand
+
+HELP = "commands: /reset starts over, /exit (or Ctrl-D) quits"
+
+
+def fit_conversation(
+    tokenizer: Tokenizer, messages: list[dict], template: str | None, budget: int
+) -> list[int]:
+    """Prompt ids for the conversation, dropping the oldest turns (never the system prompt or
+    the newest user turn) until it leaves `budget` tokens of room in the context."""
+    kept = list(messages)
+    while True:
+        ids = encode_chat(tokenizer, kept, template)
+        if len(ids) <= budget:
+            return ids
+        system = 1 if kept and kept[0]["role"] == "system" else 0
+        if len(kept) - system <= 1:
+            raise ConfigError(
+                f"the message is {len(ids)} tokens, more than the model's context allows "
+                f"({budget} with room for the reply); write a shorter message or lower --max_new_tokens"
+            )
+        del kept[system]
+
+
+def chat(
+    command: ChatCommand,
+    read: Callable[[str], str] = input,
+    out: TextIO | None = None,
+) -> list[dict]:
+    """Run the conversation until /exit or end of input; returns the messages."""
+    out = out or sys.stdout
+    device = pick_device(command.device)
+    model, tokenizer, _ = load_model(command.checkpoint, device)
+    if command.dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    context = model.config.context_length
+    if command.max_new_tokens >= context:
+        raise ConfigError(
+            f"--max_new_tokens {command.max_new_tokens} leaves no room for the conversation in "
+            f"the context of {context} tokens; lower it"
+        )
+    system = [{"role": "system", "content": command.system}] if command.system else []
+    encode_chat(tokenizer, [{"role": "user", "content": "hi"}], command.template)  # fail early
+    messages = list(system)
+    config = SamplingConfig(
+        max_new_tokens=command.max_new_tokens,
+        temperature=command.temperature,
+        top_k=command.top_k,
+        top_p=command.top_p,
+        seed=command.seed,
+        stop_tokens=tokenizer.stop_ids,
+    )
+    out.write(f"chatting with {command.checkpoint} ({HELP})\n")
+    while True:
+        try:
+            text = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            out.write("\n")
+            return messages
+        if text in ("/exit", "/quit"):
+            return messages
+        if text == "/reset":
+            messages = list(system)
+            out.write("(conversation cleared)\n")
+            continue
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        ids = fit_conversation(
+            tokenizer, messages, command.template, context - config.max_new_tokens
+        )
+        out.write("assistant> ")
+        printer = StreamPrinter(tokenizer, out)
+        reply_ids = generate(model, [ids], config, on_tokens=printer)[0]
+        reply_ids = [i for i in reply_ids if i not in tokenizer.stop_ids]
+        reply = tokenizer.decode(reply_ids)
+        out.write(reply[printer.printed :] + "\n")
+        messages.append({"role": "assistant", "content": reply.strip()})

@@ -1,0 +1,362 @@
+"""GGUF (llama.cpp's file format) <-> lmforge: read/import `llama` and `gpt2` files, export Llama.
+
+Layout differences handled here:
+- GGUF lists tensor dims innermost first, so a (rows, cols) torch weight has GGUF shape [cols, rows];
+  the reader's numpy arrays are already in torch order.
+- convert_hf_to_gguf.py permutes the rows of Llama's q/k weights from HF's rotate-half RoPE layout
+  (ours) to the interleaved-pairs layout llama.cpp rotates in; we undo that on import, redo on export.
+- We fuse q/k/v into `attn.qkv` and gate/up into `ffn.up`; GGUF keeps them apart (except GPT-2's
+  attn_qkv). Tied embeddings are a file without `output.weight`.
+- Llama 3.1 RoPE scaling is stored as a `rope_freqs` tensor of per-frequency divisors, not as keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from torch import Tensor
+
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
+from lmforge.interop.hf import _check_shapes, _export_type
+from lmforge.models.config import ModelConfig
+from lmforge.models.positions import rope_inverse_frequencies
+from lmforge.models.transformer import Transformer
+from lmforge.tokenizer.base import Tokenizer
+
+ARCHITECTURES = ("llama", "gpt2")
+EXPORT_DTYPES = {
+    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+_Q = gguf.GGMLQuantizationType
+DEQUANTIZABLE = ("F32", "F16", *sorted(q.name for q in getattr(gguf.quants, "_type_traits", {})))
+
+
+def _permute(w: Tensor, heads: int) -> Tensor:
+    """HF rotate-half rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf.py's permute)."""
+    return (
+        w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    )
+
+
+def _unpermute(w: Tensor, heads: int) -> Tensor:
+    return (
+        w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    )
+
+
+def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[tuple[str, int | None]]]]:
+    """(our key, [(GGUF tensor, heads to (un)permute rows by, or None), ...]) fused along dim 0."""
+    rows: list[tuple[str, list[tuple[str, int | None]]]] = [
+        ("token_embedding.weight", [("token_embd.weight", None)])
+    ]
+    params = ("weight", "bias") if arch == "gpt2" else ("weight",)
+    if arch == "gpt2":
+        rows.append(("position_embedding.weight", [("position_embd.weight", None)]))
+    for i in range(config.num_layers):
+        blk, ours = f"blk.{i}.", f"layers.{i}."
+        for p in params:
+            if arch == "gpt2":
+                qkv = [(f"{blk}attn_qkv.{p}", None)]
+                up = [(f"{blk}ffn_up.{p}", None)]
+            else:
+                qkv = [
+                    (f"{blk}attn_q.{p}", config.num_heads),
+                    (f"{blk}attn_k.{p}", config.kv_heads),
+                ]
+                qkv.append((f"{blk}attn_v.{p}", None))
+                up = [(f"{blk}ffn_gate.{p}", None), (f"{blk}ffn_up.{p}", None)]
+            rows += [
+                (f"{ours}attn_norm.{p}", [(f"{blk}attn_norm.{p}", None)]),
+                (f"{ours}attn.qkv.{p}", qkv),
+                (f"{ours}attn.out.{p}", [(f"{blk}attn_output.{p}", None)]),
+                (f"{ours}ffn_norm.{p}", [(f"{blk}ffn_norm.{p}", None)]),
+                (f"{ours}ffn.up.{p}", up),
+                (f"{ours}ffn.down.{p}", [(f"{blk}ffn_down.{p}", None)]),
+            ]
+    rows += [(f"final_norm.{p}", [(f"output_norm.{p}", None)]) for p in params]
+    if not config.tie_embeddings:
+        rows.append(("lm_head.weight", [("output.weight", None)]))
+    return rows
+
+
+def _tidy(value: Any) -> Any:
+    # float32 metadata (1e-5 reads back as 9.9999997e-06): keep the shortest float32 spelling.
+    return float(str(np.float32(value))) if isinstance(value, float) else value
+
+
+def _config(meta: dict[str, Any], arch: str, tensors: dict[str, Any]) -> ModelConfig:
+    def key(name: str, default: Any = KeyError) -> Any:
+        if f"{arch}.{name}" in meta:
+            return _tidy(meta[f"{arch}.{name}"])
+        if default is KeyError:
+            raise CheckpointError(
+                f"GGUF {arch} metadata lacks {arch}.{name}; the file is incomplete"
+            )
+        return default
+
+    dim, heads = key("embedding_length"), key("attention.head_count")
+    common = dict(
+        vocab_size=int(tensors["token_embd.weight"].shape[-1]),  # GGUF order: [dim, vocab]
+        context_length=key("context_length"),
+        dim=dim,
+        num_layers=key("block_count"),
+        num_heads=heads,
+        ffn_dim=key("feed_forward_length"),
+        tie_embeddings="output.weight" not in tensors,
+    )
+    if arch == "gpt2":
+        eps = key("attention.layer_norm_epsilon", 1e-5)
+        return ModelConfig(
+            **common, mlp="gelu", norm="layernorm", norm_eps=eps, position="learned", bias=True
+        )
+    if key("expert_count", 0):
+        raise ConfigError("GGUF llama file is a mixture of experts, which lmforge does not build")
+    head_dim = key("attention.key_length", dim // heads)
+    if key("rope.dimension_count", head_dim) != head_dim:
+        raise ConfigError(
+            f"GGUF rotates {key('rope.dimension_count')} of {head_dim} head dims (partial RoPE); "
+            "lmforge rotates whole heads only"
+        )
+    scaling = key("rope.scaling.type", "none")
+    if scaling not in ("none", "linear") or (
+        scaling == "linear" and key("rope.scaling.factor") != 1
+    ):
+        raise ConfigError(f"GGUF rope.scaling.type '{scaling}' is not supported (lmforge: llama3)")
+    config = ModelConfig(
+        **common,
+        num_kv_heads=key("attention.head_count_kv", heads),
+        head_dim=None if head_dim * heads == dim else head_dim,
+        norm_eps=key("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=key("rope.freq_base", 10000.0),
+    )
+    if "rope_freqs.weight" in tensors:
+        _fit_llama3_scaling(config, torch.from_numpy(_dequantize(tensors["rope_freqs.weight"])))
+    return config
+
+
+def _fit_llama3_scaling(config: ModelConfig, divisors: Tensor) -> None:
+    """Llama-3.1 scaling from llama.cpp's rope_freqs, the per-frequency divisors it stores instead
+    of the parameters. The largest divisor is the factor; on the smoothly scaled band the divisors
+    give s = a / wavelength - b, with a = original_context / (high - low), b = low / (high - low).
+    Taking Meta's low_freq_factor = 1, we solve for the rest (any solution rotates the same)."""
+    factor = float(divisors.max())
+    if factor <= 1.0 + 1e-6:
+        return  # all ones: no scaling
+    plain = rope_inverse_frequencies(config).double()
+    wavelength, divisors = 2 * math.pi / plain, divisors.double()
+    smooth = (divisors > 1 + 1e-4) & (divisors < factor * (1 - 1e-4))
+    s = (1 / divisors[smooth] - 1 / factor) / (1 - 1 / factor)
+    low, high, original = 1.0, 4.0, 8192.0  # Meta's values, kept where the file cannot tell
+    if int(smooth.sum()) >= 2:
+        design = torch.stack([1 / wavelength[smooth], -torch.ones_like(s)], dim=1)
+        a, b = torch.linalg.lstsq(design, s[:, None]).solution.flatten().tolist()
+        high, original = 1 + 1 / b, a / b
+    elif int(smooth.sum()) == 1:  # with low 1, high 4: s = (original / wavelength - 1) / 3
+        original = float(wavelength[smooth] * (3 * s + 1))
+    config.rope_scaling, config.rope_scaling_factor = "llama3", factor
+    config.rope_low_freq_factor, config.rope_high_freq_factor = low, round(high, 6)
+    config.rope_original_context_length = (
+        round(original) if abs(original - round(original)) < 1e-3 else original
+    )
+    if not torch.allclose(rope_inverse_frequencies(config).double(), plain / divisors, rtol=1e-4):
+        raise ConfigError("GGUF rope_freqs is not Llama-3.1 RoPE scaling, the only kind supported")
+
+
+def _dequantize(tensor: Any) -> np.ndarray:
+    try:
+        array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise CheckpointError(
+            f"GGUF tensor {tensor.name} is {tensor.tensor_type.name}, which lmforge (gguf "
+            f"package) cannot dequantize; supported: {', '.join(DEQUANTIZABLE)}"
+        ) from None
+    expected = tuple(int(d) for d in reversed(tensor.shape))
+    if array.shape != expected:
+        raise CheckpointError(
+            f"GGUF tensor {tensor.name} is cut short; the file is truncated or corrupt"
+        )
+    return np.array(array, dtype=np.float32)  # a writable copy, not a view of the mapped file
+
+
+def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokenizer]:
+    """Config, state dict (fp32, load_state_dict-ready) and tokenizer of a `llama`/`gpt2` GGUF."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"GGUF file {path} does not exist; check the path")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if len(magic) == 4 and magic != b"GGUF":
+        raise CheckpointError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        reader = gguf.GGUFReader(str(path))
+        meta = {name: field.contents() for name, field in reader.fields.items()}
+    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as error:
+        # The reader fails on a cut-off file with numpy shape errors; name the likely cause.
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({path.stat().st_size:,} bytes; the GGUF reader "
+            f"failed with {type(error).__name__}: {error}); download or export it again"
+        ) from None
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"GGUF architecture '{arch}' is not supported; lmforge imports {', '.join(ARCHITECTURES)}"
+        )
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise CheckpointError(f"{path} has no token_embd.weight; the file is incomplete")
+    config = _config(meta, arch, tensors)
+    config.validate()
+    state = {}
+    for ours, parts in _layout(config, arch):
+        pieces = []
+        for name, heads in parts:
+            if name not in tensors:
+                raise CheckpointError(
+                    f"GGUF {arch} file lacks tensor {name}; the file is incomplete"
+                )
+            piece = torch.from_numpy(_dequantize(tensors.pop(name)))
+            pieces.append(_unpermute(piece, heads) if heads else piece)
+        state[ours] = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+    tensors.pop("rope_freqs.weight", None)  # read into the config already
+    if tensors:
+        raise CheckpointError(
+            f"GGUF has tensors lmforge has no place for ({', '.join(sorted(tensors)[:3])}); only "
+            f"plain {arch} decoders are supported"
+        )
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["token_embedding.weight"]
+    _check_shapes(state, config, "GGUF file")
+    return config, state, tokenizer_from_gguf(meta)
+
+
+def model_from_state(config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
+    """A Transformer (eval mode) holding `state`'s tensors, without a random init first."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, assign=True)
+    if config.tie_embeddings:  # assign made two Parameters; make them one again
+        model.lm_head.weight = model.token_embedding.weight
+    return model.eval()
+
+
+def load_gguf(path: str | Path) -> tuple[Transformer, Tokenizer]:
+    """The model (fp32, eval mode) and tokenizer of a GGUF file."""
+    config, state, tokenizer = read_gguf(path)
+    return model_from_state(config, state), tokenizer
+
+
+def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
+    """Convert a GGUF file into an lmforge checkpoint directory (nothing is written on error)."""
+    from lmforge.train.checkpoint import save_checkpoint
+
+    model, tokenizer = load_gguf(path)
+    info = {"step": 0, "source": str(path), "format": "gguf", "architecture": "llama"}
+    if model.config.position == "learned":
+        info["architecture"] = "gpt2"
+    return save_checkpoint(Path(out_dir), model, tokenizer, info)
+
+
+_TOKENIZER_WRITERS = {
+    "tokenizer.ggml.model": "add_tokenizer_model",
+    "tokenizer.ggml.pre": "add_tokenizer_pre",
+    "tokenizer.ggml.tokens": "add_token_list",
+    "tokenizer.ggml.token_type": "add_token_types",
+    "tokenizer.ggml.merges": "add_token_merges",
+    "tokenizer.ggml.eos_token_id": "add_eos_token_id",
+    "tokenizer.ggml.bos_token_id": "add_bos_token_id",
+    "tokenizer.ggml.add_bos_token": "add_add_bos_token",
+    "tokenizer.chat_template": "add_chat_template",
+}
+
+
+def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_type: int) -> None:
+    writer.add_name(name)
+    writer.add_file_type(file_type)
+    writer.add_context_length(config.context_length)
+    writer.add_embedding_length(config.dim)
+    writer.add_block_count(config.num_layers)
+    writer.add_feed_forward_length(config.hidden_dim)
+    writer.add_head_count(config.num_heads)
+    writer.add_head_count_kv(config.kv_heads)
+    if config.head_dim is not None:  # llama.cpp otherwise derives dim // heads
+        writer.add_key_length(config.attn_head_dim)
+        writer.add_value_length(config.attn_head_dim)
+    writer.add_rope_dimension_count(config.attn_head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+
+
+def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = "f16") -> Path:
+    """Write a Llama-architecture checkpoint as a llama.cpp GGUF file (f32, f16, bf16 or q8_0).
+
+    Norms and other 1-D tensors stay f32, as llama.cpp keeps them; a q8_0 matrix whose rows do not
+    split into 32-value blocks falls back to f16. Written under a temporary name, then renamed.
+    """
+    from lmforge.train.checkpoint import load_model
+
+    if dtype not in EXPORT_DTYPES:
+        raise ConfigError(
+            f"GGUF dtype '{dtype}' is not supported; use one of {', '.join(EXPORT_DTYPES)}"
+        )
+    model, tokenizer, directory = load_model(checkpoint_path)
+    config = model.config
+    if _export_type(config) != "llama":
+        raise ConfigError("GGUF export supports Llama models (swiglu/rmsnorm/rope, no biases) only")
+    tokenizer_meta = tokenizer_metadata(tokenizer, config.vocab_size)
+    qtype, file_type = EXPORT_DTYPES[dtype]
+    out_path = Path(out_path)
+    temporary = out_path.with_name(out_path.name + ".tmp")
+    state = model.state_dict()
+    writer = gguf.GGUFWriter(str(temporary), "llama")
+    try:
+        _add_metadata(writer, config, Path(directory).resolve().name, file_type)
+        for key, value in tokenizer_meta.items():
+            getattr(writer, _TOKENIZER_WRITERS[key])(value)
+        if config.rope_scaling == "llama3":
+            plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling="none"))
+            divisors = (plain / rope_inverse_frequencies(config)).numpy().astype(np.float32)
+            writer.add_tensor("rope_freqs.weight", divisors)
+        for ours, parts in _layout(config, "llama"):
+            sizes = [config.num_heads * config.attn_head_dim] + [
+                config.kv_heads * config.attn_head_dim
+            ] * 2
+            if ours.endswith("ffn.up.weight"):
+                sizes = [config.hidden_dim] * 2
+            pieces = state[ours].float().split(sizes) if len(parts) > 1 else [state[ours].float()]
+            for (name, heads), piece in zip(parts, pieces, strict=True):
+                array = (_permute(piece, heads) if heads else piece).contiguous().numpy()
+                _add_tensor(writer, name, array, qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(temporary, out_path)
+    except BaseException:
+        writer.close()
+        temporary.unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, qtype: Any) -> None:
+    if array.ndim == 1:
+        writer.add_tensor(name, array.astype(np.float32))
+        return
+    try:
+        data = gguf.quants.quantize(array, qtype)
+    except gguf.quants.QuantError:  # rows not a whole number of blocks
+        qtype = _Q.F16
+        data = array.astype(np.float16)
+    writer.add_tensor(name, data, raw_dtype=qtype)
