@@ -52,6 +52,7 @@ def chat(
     model, tokenizer, _ = load_model(command.checkpoint, device)
     if command.dtype == "bf16":
         model = model.to(torch.bfloat16)
+    encode_chat(tokenizer, [{"role": "user", "content": "hi"}], command.template)  # fail early
     context = model.config.context_length
     if command.max_new_tokens >= context:
         raise ConfigError(
@@ -59,7 +60,6 @@ def chat(
             f"the context of {context} tokens; lower it"
         )
     system = [{"role": "system", "content": command.system}] if command.system else []
-    encode_chat(tokenizer, [{"role": "user", "content": "hi"}], command.template)  # fail early
     messages = list(system)
     config = SamplingConfig(
         max_new_tokens=command.max_new_tokens,
