@@ -115,7 +115,11 @@ def main() -> None:
     )
     if args.append:
         with open(REPO / "BENCHMARKS.md", "a") as out:
-            out.write(f"\n{table}\n")
+            out.write(
+                "\n## SmolLM2-135M GGUF decode\n\n`.venv/bin/python benchmarks/smollm2_decode.py "
+                "--append`: batch 1, greedy, best of "
+                f"{args.repeats} alternating runs, both dequantized from the same file.\n\n{table}\n"
+            )
 
 
 if __name__ == "__main__":

@@ -34,13 +34,21 @@ from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
 
 # Largest weight error relative to the tensor's largest |value|: half a unit in the last place for
 # f16 (11 bits) and bf16 (8 bits); q8_0 rounds to 1/127 of each 32-value block's max, so <= 1/254.
 WEIGHT_RTOL = {"f16": 2**-11, "bf16": 2**-8, "q8_0": 1 / 254}
 # Logits of the std-0.2 random model (|logit| up to ~7) move by at most this share of max |logit|.
 LOGIT_RTOL = {"f16": 0.01, "bf16": 0.1, "q8_0": 0.2}
+
+
+def hf_gguf_model(path):
+    """transformers' own GGUF loader on `path`, fp32 (it needs accelerate for that)."""
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
 
 
 def _tokens(vocab_size: int, seed: int = 0) -> torch.Tensor:
@@ -58,10 +66,7 @@ def test_f32_round_trip_is_exact_and_transformers_agrees(tmp_path, tied):
     with torch.no_grad():
         ours = model(tokens)
         assert torch.equal(model_from_state(config, state)(tokens), ours)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(
-            tmp_path, gguf_file=path.name, dtype=torch.float32
-        )
-        assert (hf.eval()(tokens).logits - ours).abs().max() <= 1e-4
+        assert (hf_gguf_model(path)(tokens).logits - ours).abs().max() <= 1e-4
 
     original = tiny_tokenizer()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
@@ -139,7 +144,7 @@ def _write_gpt2_gguf(path, model) -> None:
     writer.add_layer_norm_eps(config.norm_eps)
     for key, value in tokenizer_metadata(tiny_tokenizer(), config.vocab_size).items():
         getattr(writer, _TOKENIZER_WRITERS[key])(value)
-    for ours, [(name, _)] in _layout(config, "gpt2"):
+    for ours, [(name, _, _)] in _layout(config, "gpt2"):
         writer.add_tensor(name, state[ours].numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -155,12 +160,10 @@ def test_gpt2_gguf_imports_like_transformers(tmp_path):
     _write_gpt2_gguf(tmp_path / "gpt2.gguf", model)
     loaded, _ = load_gguf(tmp_path / "gpt2.gguf")
     tokens = _tokens(config.vocab_size)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path, gguf_file="gpt2.gguf", dtype=torch.float32
-    )
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model(tokens))
-        assert (hf.eval()(tokens).logits - model(tokens)).abs().max() <= 1e-4
+        hf = hf_gguf_model(tmp_path / "gpt2.gguf")
+        assert (hf(tokens).logits - model(tokens)).abs().max() <= 1e-4
 
 
 def test_sentencepiece_vocab_rebuilds_the_same_tokenizer(tmp_path):
@@ -291,16 +294,18 @@ def smollm2(smollm2_gguf):  # noqa: F811
 
 @pytest.fixture(scope="session")
 def smollm2_hf(smollm2_gguf):  # noqa: F811
-    where = dict(gguf_file=smollm2_gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        smollm2_gguf.parent, dtype=torch.float32, **where
+    return hf_gguf_model(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_tokenizer(smollm2_gguf):  # noqa: F811
+    return transformers.AutoTokenizer.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name
     )
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, **where)
-    return model.eval(), tokenizer
 
 
 def test_smollm2_logits_and_greedy_match_transformers(smollm2, smollm2_hf):
-    (model, tokenizer), (hf, _) = smollm2, smollm2_hf
+    (model, tokenizer), hf = smollm2, smollm2_hf
     ids = tokenizer.encode(ENGLISH)
     assert 180 <= len(ids) <= 260
     with torch.no_grad():
@@ -317,8 +322,8 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2, smollm2_hf):
     assert ours == expected
 
 
-def test_smollm2_tokenizer_matches_transformers(smollm2, smollm2_hf):
-    (_, tokenizer), (_, hf_tokenizer) = smollm2, smollm2_hf
+def test_smollm2_tokenizer_matches_transformers(smollm2, smollm2_hf_tokenizer):
+    (_, tokenizer), hf_tokenizer = smollm2, smollm2_hf_tokenizer
     ids = tokenizer.encode(VARIED, allow_special=True)
     assert ids == hf_tokenizer.encode(VARIED, add_special_tokens=False)
     assert tokenizer.decode(ids, skip_special=False) == VARIED

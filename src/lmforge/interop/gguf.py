@@ -32,13 +32,13 @@ from lmforge.models.transformer import Transformer
 from lmforge.tokenizer.base import Tokenizer
 
 ARCHITECTURES = ("llama", "gpt2")
-EXPORT_DTYPES = {
-    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-}
 _Q = gguf.GGMLQuantizationType
+EXPORT_DTYPES = {  # name: (type of the matrices, llama.cpp's general.file_type)
+    "f32": (_Q.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (_Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (_Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (_Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
 DEQUANTIZABLE = ("F32", "F16", *sorted(q.name for q in getattr(gguf.quants, "_type_traits", {})))
 
 
@@ -55,38 +55,42 @@ def _unpermute(w: Tensor, heads: int) -> Tensor:
     )
 
 
-def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[tuple[str, int | None]]]]:
-    """(our key, [(GGUF tensor, heads to (un)permute rows by, or None), ...]) fused along dim 0."""
-    rows: list[tuple[str, list[tuple[str, int | None]]]] = [
-        ("token_embedding.weight", [("token_embd.weight", None)])
-    ]
+# One GGUF tensor inside one of ours: its name, its row count, and the head count to (un)permute
+# its rows by (q and k of Llama only). Several parts are concatenated along dim 0.
+Part = tuple[str, int, "int | None"]
+
+
+def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
+    """(our key, its GGUF parts) for every tensor of the model."""
+    q, kv = config.num_heads * config.attn_head_dim, config.kv_heads * config.attn_head_dim
+    hidden = config.hidden_dim
+
+    def whole(name: str) -> list[Part]:
+        return [(name, 0, None)]  # 0: all rows
+
+    rows = [("token_embedding.weight", whole("token_embd.weight"))]
     params = ("weight", "bias") if arch == "gpt2" else ("weight",)
     if arch == "gpt2":
-        rows.append(("position_embedding.weight", [("position_embd.weight", None)]))
+        rows.append(("position_embedding.weight", whole("position_embd.weight")))
     for i in range(config.num_layers):
         blk, ours = f"blk.{i}.", f"layers.{i}."
         for p in params:
-            if arch == "gpt2":
-                qkv = [(f"{blk}attn_qkv.{p}", None)]
-                up = [(f"{blk}ffn_up.{p}", None)]
-            else:
-                qkv = [
-                    (f"{blk}attn_q.{p}", config.num_heads),
-                    (f"{blk}attn_k.{p}", config.kv_heads),
-                ]
-                qkv.append((f"{blk}attn_v.{p}", None))
-                up = [(f"{blk}ffn_gate.{p}", None), (f"{blk}ffn_up.{p}", None)]
+            qkv, up = whole(f"{blk}attn_qkv.{p}"), whole(f"{blk}ffn_up.{p}")
+            if arch == "llama":
+                qkv = [(f"{blk}attn_q.{p}", q, config.num_heads)]
+                qkv += [(f"{blk}attn_k.{p}", kv, config.kv_heads), (f"{blk}attn_v.{p}", kv, None)]
+                up = [(f"{blk}ffn_gate.{p}", hidden, None), (f"{blk}ffn_up.{p}", hidden, None)]
             rows += [
-                (f"{ours}attn_norm.{p}", [(f"{blk}attn_norm.{p}", None)]),
+                (f"{ours}attn_norm.{p}", whole(f"{blk}attn_norm.{p}")),
                 (f"{ours}attn.qkv.{p}", qkv),
-                (f"{ours}attn.out.{p}", [(f"{blk}attn_output.{p}", None)]),
-                (f"{ours}ffn_norm.{p}", [(f"{blk}ffn_norm.{p}", None)]),
+                (f"{ours}attn.out.{p}", whole(f"{blk}attn_output.{p}")),
+                (f"{ours}ffn_norm.{p}", whole(f"{blk}ffn_norm.{p}")),
                 (f"{ours}ffn.up.{p}", up),
-                (f"{ours}ffn.down.{p}", [(f"{blk}ffn_down.{p}", None)]),
+                (f"{ours}ffn.down.{p}", whole(f"{blk}ffn_down.{p}")),
             ]
-    rows += [(f"final_norm.{p}", [(f"output_norm.{p}", None)]) for p in params]
+    rows += [(f"final_norm.{p}", whole(f"output_norm.{p}")) for p in params]
     if not config.tie_embeddings:
-        rows.append(("lm_head.weight", [("output.weight", None)]))
+        rows.append(("lm_head.weight", whole("output.weight")))
     return rows
 
 
@@ -220,7 +224,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
     state = {}
     for ours, parts in _layout(config, arch):
         pieces = []
-        for name, heads in parts:
+        for name, _, heads in parts:
             if name not in tensors:
                 raise CheckpointError(
                     f"GGUF {arch} file lacks tensor {name}; the file is incomplete"
@@ -261,9 +265,8 @@ def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     from lmforge.train.checkpoint import save_checkpoint
 
     model, tokenizer = load_gguf(path)
-    info = {"step": 0, "source": str(path), "format": "gguf", "architecture": "llama"}
-    if model.config.position == "learned":
-        info["architecture"] = "gpt2"
+    arch = "gpt2" if model.config.position == "learned" else "llama"
+    info = {"step": 0, "source": str(path), "format": "gguf", "architecture": arch}
     return save_checkpoint(Path(out_dir), model, tokenizer, info)
 
 
@@ -283,6 +286,7 @@ _TOKENIZER_WRITERS = {
 def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_type: int) -> None:
     writer.add_name(name)
     writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.dim)
     writer.add_block_count(config.num_layers)
@@ -329,13 +333,9 @@ def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = 
             divisors = (plain / rope_inverse_frequencies(config)).numpy().astype(np.float32)
             writer.add_tensor("rope_freqs.weight", divisors)
         for ours, parts in _layout(config, "llama"):
-            sizes = [config.num_heads * config.attn_head_dim] + [
-                config.kv_heads * config.attn_head_dim
-            ] * 2
-            if ours.endswith("ffn.up.weight"):
-                sizes = [config.hidden_dim] * 2
-            pieces = state[ours].float().split(sizes) if len(parts) > 1 else [state[ours].float()]
-            for (name, heads), piece in zip(parts, pieces, strict=True):
+            tensor = state[ours].float()
+            pieces = tensor.split([rows for _, rows, _ in parts]) if len(parts) > 1 else [tensor]
+            for (name, _, heads), piece in zip(parts, pieces, strict=True):
                 array = (_permute(piece, heads) if heads else piece).contiguous().numpy()
                 _add_tensor(writer, name, array, qtype)
         writer.write_header_to_file()
