@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import tyro
 
@@ -108,6 +108,56 @@ class PresetsCommand:
     """Sequence length for the attention part of FLOPs per token."""
 
 
+@dataclass
+class HellaswagEval:
+    """HellaSwag accuracy (acc, acc_norm) of a checkpoint."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    data: str | None = None
+    """HellaSwag file: the original jsonl or llama.cpp's 6-line text format; default: download
+    the validation jsonl once."""
+    limit: int | None = None
+    """Evaluate only the first N examples."""
+    batch_size: int = 8
+    """Examples per forward pass (each is 4 rows, one per ending)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    device: str = "auto"
+    out: str | None = None
+    """Write the summary and per-example predictions as JSON here (default: print only)."""
+
+
+@dataclass
+class LossEval:
+    """Mean loss of a checkpoint on a split of prepared data."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    data: str
+    """Prepared data directory (from lmforge prepare)."""
+    split: str = "val"
+    batches: int = 50
+    batch_size: int = 8
+    seq_len: int | None = None
+    """Default: the model's context length."""
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16"] = "bf16"
+    document_masking: bool = False
+    """Attend only within each document of a window (as in training with it)."""
+
+
+@dataclass
+class EvalCommand:
+    """Evaluate a checkpoint: `eval hellaswag` (accuracy) or `eval loss` (on prepared data)."""
+
+    task: tyro.conf.OmitSubcommandPrefixes[
+        Union[  # noqa: UP007 (tyro names subcommands through Annotated members of a Union)
+            Annotated[HellaswagEval, tyro.conf.subcommand("hellaswag")],
+            Annotated[LossEval, tyro.conf.subcommand("loss")],
+        ]
+    ]
+
+
 def run_train(command: TrainCommand) -> None:
     from lmforge.train.loop import train
 
@@ -141,6 +191,44 @@ def run_chat(command: ChatCommand) -> None:
     chat(command)
 
 
+def run_eval(command: EvalCommand) -> None:
+    import json
+
+    task = command.task
+    if isinstance(task, LossEval):
+        from lmforge.evals.loss import evaluate_checkpoint_loss
+
+        result = evaluate_checkpoint_loss(
+            task.checkpoint, task.data, split=task.split, batches=task.batches,
+            batch_size=task.batch_size, seq_len=task.seq_len, device=task.device, dtype=task.dtype,
+            document_masking=task.document_masking,
+        )  # fmt: skip
+        print(
+            f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) "
+            f"over {result['tokens']:,} tokens ({result['batches']} x {result['batch_size']} x "
+            f"{result['seq_len']}, {task.dtype})"
+        )
+        return
+
+    from lmforge.evals.hellaswag import evaluate_hellaswag, load_hellaswag
+    from lmforge.train.checkpoint import load_model
+    from lmforge.train.runtime import pick_device
+
+    examples = load_hellaswag(task.data, task.limit)  # data errors before loading the model
+    device = pick_device(task.device)
+    model, tokenizer, directory = load_model(task.checkpoint, device)
+    result = evaluate_hellaswag(model, tokenizer, examples, task.batch_size, device, task.dtype)
+    print(
+        f"hellaswag {directory}: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} "
+        f"on {result['n']} examples ({result['examples_per_s']:.1f} examples/s, {task.dtype})"
+    )
+    if task.out:
+        result = {"checkpoint": str(directory), "data": task.data, "dtype": task.dtype} | result
+        with open(task.out, "w") as handle:
+            json.dump(result, handle, indent=1)
+        print(f"wrote {task.out}")
+
+
 def run_plot(command: PlotCommand) -> None:
     from lmforge.train.plot import plot_run
 
@@ -172,6 +260,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "prepare": (PrepareCommand, run_prepare),
     "sample": (SampleCommand, run_sample),
     "chat": (ChatCommand, run_chat),
+    "eval": (EvalCommand, run_eval),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
     "convert": (ConvertCommand, run_convert),

@@ -30,7 +30,9 @@ class DataConfig:
     """Where the text comes from and how it becomes token shards."""
 
     source: str = "python-stdlib"
-    """Built-in corpus name (python-stdlib) or a path / glob of UTF-8 text files."""
+    """A dataset name (python-stdlib, shakespeare, tinystories, wikitext-103, fineweb-edu-10b),
+    hf:<dataset id>[:config][:split], or a path / directory / glob of .txt, .jsonl, .json or
+    .parquet files."""
     tokenizer: str = "bpe"
     """byte, char, bpe (trained here), or a pretrained tokenizer: cl100k_base, a tokenizer.json /
     tokenizer.model path or a directory holding one."""
@@ -42,6 +44,19 @@ class DataConfig:
     """Prepared shards go here; None means data/<source>-<tokenizer>[vocab]."""
     shard_tokens: int = 100_000_000
     """Most tokens per shard file."""
+    text_field: str = "text"
+    """The field holding the text in .jsonl / .json / .parquet records and hf: datasets."""
+    workers: int = 0
+    """Tokenizer processes for prepare: 0 means os.cpu_count(), 1 tokenizes in-process. The
+    output does not depend on it."""
+    strict_utf8: bool = False
+    """Fail on bytes that are not UTF-8 (naming file and offset) instead of replacing them."""
+    tokenizer_train_chars: int = 50_000_000
+    """bpe/char: train the tokenizer on at most this many characters from the train split."""
+    sampling: Literal["random", "sequential"] = "random"
+    """Training/val windows: random offsets, or one in-order pass over the token stream per epoch."""
+    document_masking: bool = False
+    """Attend only within each document of a packed window (positions restart per document)."""
 
 
 @dataclass
@@ -92,6 +107,12 @@ class TrainConfig:
     """Train on a single fixed batch: the loss must approach zero (a sanity check)."""
     peak_tflops: float | None = None
     """Hardware peak for MFU; None measures a large matmul in the training dtype at start."""
+    hellaswag_interval: int = 0
+    """Log HellaSwag acc / acc_norm every this many steps (and at the end); 0 is off."""
+    hellaswag_limit: int = 200
+    """Evaluate on the first this many HellaSwag validation examples."""
+    hellaswag_data: str | None = None
+    """HellaSwag file (jsonl or llama.cpp text format); None downloads the validation jsonl."""
 
 
 @dataclass

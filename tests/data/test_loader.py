@@ -96,3 +96,105 @@ def test_too_short_split_is_a_data_error(byte_data_dir):
         4,
         val_tokens - 2,
     )
+
+
+@pytest.fixture(scope="module")
+def multi_doc_dir(tmp_path_factory, corpus_dir):
+    """corpus_dir's 8 documents, byte-tokenized: windows cross document boundaries."""
+    directory = tmp_path_factory.mktemp("multi") / "byte"
+    config = DataConfig(source=str(corpus_dir), tokenizer="byte", dir=str(directory))
+    return prepare(config, progress=False)
+
+
+def stream(directory, split="train"):
+    return np.concatenate(TokenShards(directory, split).shards).astype(np.int64)
+
+
+def test_sequential_walks_the_stream_in_order_and_wraps(byte_data_dir):
+    data = stream(byte_data_dir)
+    seq = BatchLoader(byte_data_dir, "train", 4, 32, seed=0, sampling="sequential")
+    windows = seq.windows_per_epoch
+    assert windows == (len(data) - 1) // 32
+    for number in (0, 1, 5):
+        inputs, targets = seq.batch_at(number)
+        for row in range(4):
+            start = (number * 4 + row) * 32
+            assert np.array_equal(inputs[row].numpy(), data[start : start + 32])
+            assert np.array_equal(targets[row].numpy(), data[start + 1 : start + 33])
+    # Epoch wrap-around: window `windows` is window 0 again.
+    last_batch = seq.batch_at(windows // 4)
+    assert torch.equal(last_batch[0][windows % 4], seq.batch_at(0)[0][0])
+    assert seq.batch_at(0)[0].shape == (4, 32)
+
+
+def test_sequential_reads_across_shard_boundaries(tmp_path, corpus_file):
+    config = DataConfig(
+        source=str(corpus_file), tokenizer="byte", dir=str(tmp_path / "d"), shard_tokens=100
+    )
+    directory = prepare(config, progress=False)
+    data = stream(directory)
+    seq = BatchLoader(directory, "train", 8, 48, seed=0, sampling="sequential")
+    rows = torch.cat([seq.batch_at(n)[0] for n in range(3)]).numpy()
+    assert np.array_equal(rows.reshape(-1), data[: 3 * 8 * 48])
+
+
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_ranks_draw_distinct_deterministic_batches(byte_data_dir, sampling):
+    def rank_loader(rank):
+        return BatchLoader(
+            byte_data_dir, "train", 4, 32, seed=3, rank=rank, world_size=2, sampling=sampling
+        )
+
+    zero, one = rank_loader(0), rank_loader(1)
+    for number in range(3):
+        assert torch.equal(zero.batch_at(number)[0], rank_loader(0).batch_at(number)[0])
+        assert not torch.equal(zero.batch_at(number)[0], one.batch_at(number)[0])
+    if sampling == "sequential":  # the two ranks interleave contiguous slices of the stream
+        data = stream(byte_data_dir)
+        assert np.array_equal(one.batch_at(0)[0][0].numpy(), data[4 * 32 : 5 * 32])
+        assert np.array_equal(zero.batch_at(1)[0][0].numpy(), data[8 * 32 : 9 * 32])
+
+
+@pytest.mark.parametrize("masking", [False, True])
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_resume_matches_an_uninterrupted_loader(multi_doc_dir, sampling, masking):
+    def fresh():
+        return BatchLoader(
+            multi_doc_dir, "train", 4, 32, seed=7, sampling=sampling, document_masking=masking
+        )
+
+    straight, interrupted = fresh(), fresh()
+    expected = [straight.next() for _ in range(6)]
+    for _ in range(2):
+        interrupted.next()
+    state = interrupted.state_dict()
+    if sampling == "sequential":
+        assert state["position"] == 2 * 4 * 32
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    got = [interrupted.next(), interrupted.next()] + [resumed.next() for _ in range(4)]
+    assert [len(b) for b in expected] == [4 if masking else 2] * 6
+    for want, have in zip(expected[2:4] + expected[2:], got, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(want, have, strict=True))
+
+
+def test_document_masking_batches_carry_ids_and_positions(multi_doc_dir):
+    masked = BatchLoader(
+        multi_doc_dir, "train", 8, 64, seed=0, sampling="sequential", document_masking=True
+    )
+    eot = masked.eot_id
+    batches = [masked.batch_at(n) for n in range(8)]
+    inputs, _, document_ids, positions = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    assert (inputs == eot).sum() >= 3, "the test needs windows that cross document boundaries"
+    for row in range(len(inputs)):
+        doc, pos = 0, 0
+        for t in range(64):
+            assert document_ids[row, t] == doc and positions[row, t] == pos
+            pos += 1
+            if inputs[row, t] == eot:
+                doc, pos = doc + 1, 0
+
+
+def test_unknown_sampling_is_a_data_error(byte_data_dir):
+    with pytest.raises(DataError, match="data.sampling='shuffled'"):
+        BatchLoader(byte_data_dir, "train", 4, 32, seed=0, sampling="shuffled")

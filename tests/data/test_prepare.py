@@ -134,7 +134,10 @@ def test_bad_source_fails_before_writing(tmp_path, content, message):
     path = tmp_path / "source.txt"
     if content is not None:
         path.write_bytes(content)
-    config = DataConfig(source=str(path), tokenizer="byte", dir=str(tmp_path / "d"))
+    # Non-UTF-8 bytes are replaced (and counted) by default; strict_utf8 makes them an error.
+    config = DataConfig(
+        source=str(path), tokenizer="byte", dir=str(tmp_path / "d"), strict_utf8=True
+    )
     with pytest.raises(DataError, match=message):
         prepare(config, progress=False)
     assert not (tmp_path / "d").exists() and not (tmp_path / "d.tmp").exists()

@@ -1,26 +1,38 @@
-"""`lmforge prepare`: text source -> tokenizer + binary token shards + index.json.
+"""`lmforge prepare`: text source -> tokenizer + binary token shards + index.json, streaming.
 
 Layout of a prepared directory:
     index.json               dtype, per-split shard files and token counts, tokenizer, source
     lmforge_tokenizer.json   (+ its files) the tokenizer: trained on the train split, or pretrained
     train-00000.bin ...      flat token ids, documents separated by end-of-text
     val-00000.bin ...
-The directory is built under a temporary name and renamed into place, so a half-written dataset
-is never mistaken for a finished one.
+Documents stream from the source (readers.py) in batches to `data.workers` tokenizer processes
+(an ordered imap, so any worker count gives the same bytes). Work happens in `<dir>.tmp`: each
+finished shard is written as .tmp and renamed, then progress.json records the shards, the
+partial-shard remainders and the document position. An interrupted prepare resumes from there
+and produces the same bytes as an uninterrupted one. index.json is written last and the
+directory renamed into place, so a half-written dataset is never taken as complete.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
 import shutil
+import sys
+import time
+from collections.abc import Iterator
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from lmforge.config import DataConfig
-from lmforge.data.sources import Document, load_documents, split_documents
+from lmforge.data import registry
+from lmforge.data.readers import ReadStats, iter_documents
+from lmforge.data.sources import Document, is_val_document, split_documents
 from lmforge.errors import DataError
 from lmforge.tokenizer import (
     ByteTokenizer,
@@ -28,11 +40,17 @@ from lmforge.tokenizer import (
     HuggingFaceTokenizer,
     Tokenizer,
     load_pretrained_tokenizer,
+    load_tokenizer,
 )
 
 INDEX = "index.json"
-ENCODE_CHUNK_DOCS = 256
+PROGRESS = "progress.json"
+BATCH_DOCS = 256
+BATCH_CHARS = 4 << 20  # bounds the memory a batch takes (a few huge documents)
+POOL_MIN_BATCHES = 8  # fewer batches than this are tokenized in-process
 TRAINED = ("byte", "char", "bpe")
+SPLITS = ("train", "val")
+DEFAULT_TRAIN_CHARS = DataConfig.tokenizer_train_chars
 
 
 def tokenizer_label(tokenizer: str) -> str:
@@ -48,90 +66,190 @@ def tokenizer_label(tokenizer: str) -> str:
 def default_data_dir(config: DataConfig) -> Path:
     if config.dir:
         return Path(config.dir)
-    name = Path(config.source).stem if config.source not in ("python-stdlib",) else config.source
+    source = config.source
+    if source.startswith("hf:"):
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", source[3:].split("/")[-1])
+    else:
+        name = source if source in registry.DATASETS else Path(source).stem
     vocab = str(config.vocab_size) if config.tokenizer == "bpe" else ""
     return Path("data") / f"{name}-{tokenizer_label(config.tokenizer)}{vocab}"
 
 
 def fingerprint(config: DataConfig) -> dict:
-    """The settings a prepared directory was built with; a mismatch means re-prepare."""
+    """The settings a prepared directory was built with; a mismatch means re-prepare. Settings
+    at their defaults are left out, so directories prepared before they existed stay valid."""
     keys = ("source", "tokenizer", "val_fraction", "shard_tokens")
     fp = {k: getattr(config, k) for k in keys}
     if config.tokenizer == "bpe":
         fp["vocab_size"] = config.vocab_size
+    if config.text_field != "text":
+        fp["text_field"] = config.text_field
+    if config.strict_utf8:
+        fp["strict_utf8"] = True
+    if config.tokenizer in ("bpe", "char") and config.tokenizer_train_chars != DEFAULT_TRAIN_CHARS:
+        fp["tokenizer_train_chars"] = config.tokenizer_train_chars
     return fp
-
-
-def train_tokenizer(config: DataConfig, documents: list[Document]) -> Tokenizer:
-    texts = (d.text for d in documents)
-    if config.tokenizer == "byte":
-        return ByteTokenizer()
-    if config.tokenizer == "char":
-        return CharTokenizer.train(texts)
-    if config.tokenizer == "bpe":
-        return HuggingFaceTokenizer.train(texts, config.vocab_size)
-    return load_pretrained_tokenizer(config.tokenizer)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def write_shards(
-    documents: list[Document],
-    tokenizer: Tokenizer,
-    directory: Path,
-    split: str,
-    shard_tokens: int,
-    progress: bool = True,
-) -> list[dict]:
-    """Tokenize documents in batches and write them as shards of at most shard_tokens tokens."""
-    dtype = token_dtype(tokenizer.vocab_size)
-    shards: list[dict] = []
-    buffer: list[np.ndarray] = []
-    buffered = 0
-
-    def flush() -> None:
-        nonlocal buffer, buffered
-        if not buffered:
-            return
-        tokens = np.concatenate(buffer)
-        while len(tokens):
-            name = f"{split}-{len(shards):05d}.bin"
-            head, tokens = tokens[:shard_tokens], tokens[shard_tokens:]
-            head.tofile(directory / name)
-            shards.append({"file": name, "tokens": int(len(head))})
-        buffer, buffered = [], 0
-
-    total_chars = sum(len(d.text) for d in documents)
-    bar = tqdm(
-        total=total_chars,
-        unit="char",
-        unit_scale=True,
-        desc=f"tokenize {split}",
-        disable=not progress,
+def split_stream(
+    config: DataConfig, stats: ReadStats, progress: bool = True
+) -> Iterator[tuple[str, Document]]:
+    """(split, document) in a fixed order. A lone document is split by characters (its tail is
+    val); the last train document is held back so that it can become val if no other is."""
+    if not 0.0 < config.val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1), got {config.val_fraction}")
+    documents = iter_documents(
+        config.source, config.text_field, config.strict_utf8, stats, progress
     )
-    for start in range(0, len(documents), ENCODE_CHUNK_DOCS):
-        chunk = documents[start : start + ENCODE_CHUNK_DOCS]
-        for ids in tokenizer.encode_batch([d.text for d in chunk]):
-            ids.append(tokenizer.eot_id)
-            buffer.append(np.asarray(ids, dtype=dtype))
-            buffered += len(ids)
-        bar.update(sum(len(d.text) for d in chunk))
-        if buffered >= shard_tokens:
-            flush()
-    flush()
-    bar.close()
-    return shards
+    head = list(islice(documents, 2))
+    if not head:
+        raise DataError(f"data source '{config.source}' contains no text (all files are empty)")
+    if len(head) == 1 and head[0].split is None:
+        train, val = split_documents(head, config.val_fraction)
+        yield "train", train[0]
+        yield "val", val[0]
+        return
+    held, any_val = None, False
+    for document in chain(head, documents):
+        split = document.split or (
+            "val" if is_val_document(document.name, config.val_fraction) else "train"
+        )
+        if split == "val":
+            any_val = True
+            yield split, document
+            continue
+        if held is not None:
+            yield "train", held
+        held = document
+    if held is None:
+        raise DataError(f"data source '{config.source}' has no training documents")
+    yield ("train" if any_val else "val"), held
+
+
+def train_tokenizer(config: DataConfig, documents: Iterator[Document]) -> Tokenizer:
+    """Train on the first data.tokenizer_train_chars characters of the train split."""
+
+    def sample() -> Iterator[str]:
+        left = config.tokenizer_train_chars
+        for document in documents:
+            if left <= 0:
+                return
+            yield document.text[:left]
+            left -= len(document.text)
+
+    if config.tokenizer == "byte":
+        return ByteTokenizer()
+    if config.tokenizer == "char":
+        return CharTokenizer.train(sample())
+    if config.tokenizer == "bpe":
+        return HuggingFaceTokenizer.train(sample(), config.vocab_size)
+    return load_pretrained_tokenizer(config.tokenizer)
+
+
+_tokenizer: Tokenizer | None = None  # the tokenizer of this (worker) process
+
+
+def _init_worker(directory: str) -> None:
+    global _tokenizer
+    _tokenizer = load_tokenizer(directory)
+
+
+def _encode(batch: list[tuple[str, str]]) -> tuple[dict[str, np.ndarray], int, int]:
+    """Token ids per split for one batch of (split, text), end-of-text after each document."""
+    assert _tokenizer is not None
+    dtype = token_dtype(_tokenizer.vocab_size)
+    ids = _tokenizer.encode_batch([text for _, text in batch])
+    out = {}
+    for split in SPLITS:
+        parts = [
+            np.asarray([*tokens, _tokenizer.eot_id], dtype)
+            for (s, _), tokens in zip(batch, ids, strict=True)
+            if s == split
+        ]
+        out[split] = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    nbytes = sum(len(text.encode("utf-8", "surrogatepass")) for _, text in batch)
+    return out, nbytes, len(batch)
+
+
+def _batches(stream: Iterator[tuple[str, Document]]) -> Iterator[list[tuple[str, str]]]:
+    batch, chars = [], 0
+    for split, document in stream:
+        batch.append((split, document.text))
+        chars += len(document.text)
+        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+class ShardWriter:
+    """Cuts one split's token stream into shards of exactly shard_tokens (the last: fewer)."""
+
+    def __init__(self, directory: Path, split: str, size: int, shards: list, pending: np.ndarray):
+        self.directory, self.split, self.size = directory, split, size
+        self.shards, self.parts, self.count = shards, [pending], len(pending)
+
+    def add(self, tokens: np.ndarray) -> bool:
+        """Append tokens; True if a shard was completed."""
+        self.parts.append(tokens)
+        self.count += len(tokens)
+        wrote = False
+        while self.count >= self.size:
+            self._write(self.size)
+            wrote = True
+        return wrote
+
+    def pending(self) -> np.ndarray:
+        self.parts = [np.concatenate(self.parts)] if len(self.parts) != 1 else self.parts
+        return self.parts[0]
+
+    def _write(self, n: int) -> None:
+        tokens = self.pending()
+        name = f"{self.split}-{len(self.shards):05d}.bin"
+        tokens[:n].tofile(self.directory / (name + ".tmp"))
+        os.replace(self.directory / (name + ".tmp"), self.directory / name)
+        self.shards.append({"file": name, "tokens": int(n)})
+        self.parts, self.count = [tokens[n:]], len(tokens) - n
+
+    def finish(self) -> list[dict]:
+        if self.count:
+            self._write(self.count)
+        return self.shards
+
+
+def _save_progress(staging: Path, state: dict, writers: dict[str, ShardWriter]) -> None:
+    """Pending remainders first (new names), then progress.json atomically, then old pendings go."""
+    step = state.get("checkpoint", 0) + 1
+    for split, writer in writers.items():
+        writer.pending().tofile(staging / f"{split}.pending-{step}")
+    state = {**state, "checkpoint": step, "splits": {s: w.shards for s, w in writers.items()}}
+    (staging / (PROGRESS + ".tmp")).write_text(json.dumps(state))
+    os.replace(staging / (PROGRESS + ".tmp"), staging / PROGRESS)
+    for split in writers:
+        (staging / f"{split}.pending-{step - 1}").unlink(missing_ok=True)
+
+
+def _load_progress(staging: Path, fp: dict) -> dict | None:
+    path = staging / PROGRESS
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if state.get("fingerprint") == fp else None
 
 
 def prepare(config: DataConfig, progress: bool = True) -> Path:
     """Prepare the dataset described by config (a no-op if it is already prepared)."""
     directory = default_data_dir(config)
+    fp = fingerprint(config)
     index_path = directory / INDEX
     if index_path.is_file():
         index = json.loads(index_path.read_text())
-        if index.get("fingerprint") == fingerprint(config):
+        if index.get("fingerprint") == fp:
             return directory
         raise DataError(
             f"{directory} holds data prepared with other settings ({index.get('fingerprint')}); "
@@ -143,32 +261,115 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
         )
     if config.shard_tokens <= 0:
         raise DataError(f"data.shard_tokens must be positive, got {config.shard_tokens}")
-
-    # A pretrained tokenizer is loaded before the text, so a bad spec fails fast.
-    pretrained = None
-    if config.tokenizer not in TRAINED:
-        pretrained = load_pretrained_tokenizer(config.tokenizer)
-    documents = load_documents(config.source)
-    train_docs, val_docs = split_documents(documents, config.val_fraction)
-    tokenizer = pretrained or train_tokenizer(config, train_docs)
+    if config.workers < 0:
+        raise DataError(f"data.workers must be >= 0 (0: one per CPU), got {config.workers}")
 
     staging = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    tokenizer.save(staging)
-    splits = {
-        split: write_shards(docs, tokenizer, staging, split, config.shard_tokens, progress)
-        for split, docs in (("train", train_docs), ("val", val_docs))
-    }
+    state = _load_progress(staging, fp)
+    try:
+        return _prepare(config, directory, staging, state, progress)
+    except DataError:
+        if not (staging / PROGRESS).is_file():  # nothing worth resuming: leave no trace
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _prepare(
+    config: DataConfig, directory: Path, staging: Path, state: dict | None, progress: bool
+) -> Path:
+    stats = ReadStats()
+    if state is not None:  # resume: the tokenizer is the one the finished shards were made with
+        tokenizer = load_tokenizer(staging)
+    else:
+        # A pretrained tokenizer is loaded before the text, so a bad spec fails fast.
+        pretrained = (
+            None if config.tokenizer in TRAINED else load_pretrained_tokenizer(config.tokenizer)
+        )
+        stream = split_stream(config, ReadStats(), progress)
+        if pretrained is None:
+            train_docs = (d for s, d in stream if s == "train")
+            tokenizer = train_tokenizer(config, train_docs)
+        else:
+            next(stream)  # an empty source fails here, before anything is written
+            tokenizer = pretrained
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        tokenizer.save(staging)
+        state = {"fingerprint": fingerprint(config), "emitted": 0, "checkpoint": 0}
+        state["splits"] = {s: [] for s in SPLITS}
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {}
+    for split in SPLITS:
+        pending_path = staging / f"{split}.pending-{state['checkpoint']}"
+        pending = np.fromfile(pending_path, dtype) if pending_path.is_file() else np.zeros(0, dtype)
+        writers[split] = ShardWriter(
+            staging, split, config.shard_tokens, state["splits"][split], pending
+        )
+
+    stream = split_stream(config, stats, progress)
+    counts = {s: 0 for s in SPLITS}
+    for split, _ in islice(stream, state["emitted"]):  # documents already in finished shards
+        counts[split] += 1
+    emitted = state["emitted"]
+
+    def counted(items: Iterator[tuple[str, Document]]) -> Iterator[tuple[str, Document]]:
+        for split, document in items:
+            counts[split] += 1
+            yield split, document
+
+    workers = config.workers or os.cpu_count() or 1
+    batches = _batches(counted(stream))
+    head = list(islice(batches, POOL_MIN_BATCHES))
+    if len(head) < POOL_MIN_BATCHES:
+        workers = 1  # a small corpus: starting processes would cost more than it saves
+    batches = chain(head, batches)
+    bar = tqdm(unit="B", unit_scale=True, desc="tokenize", disable=not progress)
+    start, tokens_done = time.perf_counter(), 0
+    pool = None
+    if workers > 1:
+        # spawn: a fresh interpreter per worker, with no forked tokenizer thread state.
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(str(staging),))
+        results = pool.imap(_encode, batches, chunksize=1)
+    else:
+        global _tokenizer
+        _tokenizer = tokenizer
+        results = map(_encode, batches)
+    try:
+        for tokens, nbytes, ndocs in results:
+            wrote = [writers[s].add(tokens[s]) for s in SPLITS]
+            emitted += ndocs  # not counts: the reader runs ahead of the finished batches
+            tokens_done += sum(len(t) for t in tokens.values())
+            bar.update(nbytes)
+            bar.set_postfix(
+                tok_s=f"{tokens_done / (time.perf_counter() - start):.3g}", refresh=False
+            )
+            if any(wrote):
+                state = {**state, "emitted": emitted}
+                _save_progress(staging, state, writers)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    splits = {s: writers[s].finish() for s in SPLITS}
+    if stats.replaced_bytes:
+        print(
+            f"warning: replaced {stats.replaced_bytes} non-UTF-8 bytes with U+FFFD in "
+            f"{len(stats.files_with_replacements)} file(s), e.g. {stats.files_with_replacements[0]}"
+            "; set data.strict_utf8=true to fail instead",
+            file=sys.stderr,
+        )
     index = {
         "fingerprint": fingerprint(config),
-        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "dtype": dtype.name,
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
         "tokenizer": tokenizer.kind,
-        "documents": {"train": len(train_docs), "val": len(val_docs)},
+        "documents": counts,
         "splits": splits,
     }
+    for leftover in [*staging.glob("*.pending-*"), staging / PROGRESS]:
+        leftover.unlink(missing_ok=True)
     (staging / INDEX).write_text(json.dumps(index, indent=2))
     if directory.exists():
         directory.rmdir()  # empty, checked above

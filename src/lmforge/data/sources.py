@@ -21,6 +21,8 @@ BUILTIN_CORPORA = ("python-stdlib",)
 class Document:
     name: str
     text: str
+    split: str | None = None
+    """'train' or 'val' where the dataset defines its split; None: split by a hash of name."""
 
 
 def python_stdlib_files() -> list[Path]:

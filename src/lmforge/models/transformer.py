@@ -23,6 +23,14 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.dim, eps=config.norm_eps, bias=config.bias)
 
 
+def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask (B, 1, T, T): True where query t may attend to key s."""
+    T = document_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+    return (same & causal).unsqueeze(1)
+
+
 class Attention(nn.Module):
     """Causal self-attention with grouped-query heads (MHA when KV == H, MQA when KV == 1)."""
 
@@ -144,6 +152,7 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T).
 
@@ -151,8 +160,12 @@ class Transformer(nn.Module):
         tokens attend to everything cached so far (respecting the cache's left padding), and their
         keys/values are appended. `positions` (B, T) overrides the default position ids
         (cache length + arange(T)); generation passes them for left-padded rows.
+        `document_ids` (B, T) packs several documents per row: a token attends only to earlier
+        tokens of its own document (pass per-document `positions` too; see data.loader).
         """
         B, T = tokens.shape
+        if document_ids is not None and cache is not None:
+            raise ValueError("document_ids (packed training) cannot be combined with a KV cache")
         start = cache.length if cache is not None else 0
         if start + T > self.config.context_length:
             raise ValueError(
@@ -174,6 +187,8 @@ class Transformer(nn.Module):
         attn_mask, is_causal = None, True
         if cache is not None:
             attn_mask, is_causal = cache.attention_mask(T)
+        elif document_ids is not None:
+            attn_mask, is_causal = document_mask(document_ids), False
         for layer in self.layers:
             x = layer(x, cos, sin, attn_mask, is_causal, cache)
         if cache is not None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -21,6 +20,7 @@ from lmforge.config import RunConfig, dump_toml, to_dict
 from lmforge.data.loader import BatchLoader
 from lmforge.data.prepare import prepare
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.evals.loss import batch_loss, mean_loss
 from lmforge.models.counting import count_parameters, flops_per_token
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -84,19 +84,9 @@ def check_resumable(run: RunConfig, directory: Path) -> dict:
     return state
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader, batches: int, autocast) -> float:
     """Mean loss over the same `batches` val batches every time (they depend only on the seed)."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=loader.device)
-    for number in range(batches):
-        inputs, targets = loader.batch_at(number)
-        with autocast:
-            logits = model(inputs)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-    model.train(was_training)
-    return (total / batches).item()
+    return mean_loss(model, loader, batches, autocast)
 
 
 def train(run: RunConfig, resume: bool = False, init_from: str | None = None) -> TrainResult:
@@ -146,12 +136,18 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
         ckpt.load_weights(model, source)
     optimizer = build_optimizer(model, run.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+    sampling = {"sampling": run.data.sampling, "document_masking": run.data.document_masking}
     train_loader = BatchLoader(
-        data_dir, "train", cfg.micro_batch_size, seq_len, cfg.seed, device=device
+        data_dir, "train", cfg.micro_batch_size, seq_len, cfg.seed, device=device, **sampling
     )
     val_loader = BatchLoader(
-        data_dir, "val", cfg.micro_batch_size, seq_len, cfg.seed, device=device
+        data_dir, "val", cfg.micro_batch_size, seq_len, cfg.seed, device=device, **sampling
     )
+    hellaswag = None
+    if cfg.hellaswag_interval > 0:  # read (or download) it now: a bad file fails before training
+        from lmforge.evals.hellaswag import load_hellaswag
+
+        hellaswag = load_hellaswag(cfg.hellaswag_data, cfg.hellaswag_limit)
 
     step, best_val, tokens_seen = 0, float("inf"), 0
     if state is not None:
@@ -217,12 +213,8 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
         for _ in range(accumulation):
-            inputs, targets = (
-                train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
-            )
-            with autocast:
-                logits = compiled(inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / accumulation
+            batch = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
+            loss = batch_loss(compiled, batch, autocast) / accumulation
             scaler.scale(loss).backward()
             step_loss += loss.detach()
         scaler.unscale_(optimizer)
@@ -269,6 +261,18 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
             last_val = evaluate(compiled, val_loader, cfg.eval_batches, autocast)
             logger.log(step, {"val_loss": last_val})
             bar.write(f"step {step:>6}/{cfg.max_steps} | val loss {last_val:.4f}")
+        if hellaswag and (step % cfg.hellaswag_interval == 0 or step == cfg.max_steps):
+            from lmforge.evals.hellaswag import evaluate_hellaswag
+
+            # The uncompiled model: every batch has a new shape, which would recompile.
+            hs = evaluate_hellaswag(
+                model, tokenizer, hellaswag, cfg.micro_batch_size, device, cfg.dtype, progress=False
+            )
+            logger.log(step, {"hellaswag_acc": hs["acc"], "hellaswag_acc_norm": hs["acc_norm"]})
+            bar.write(
+                f"step {step:>6}/{cfg.max_steps} | hellaswag acc {hs['acc']:.4f} "
+                f"acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)"
+            )
         if is_checkpoint:
             is_best = last_val is not None and last_val < best_val
             best_val = min(best_val, last_val) if last_val is not None else best_val
