@@ -113,7 +113,8 @@ def test_prepare_bad_input_in_process(capsys, tmp_path, content, message):
     path = tmp_path / "input.txt"
     if content is not None:
         path.write_bytes(content)
-    assert main(["prepare", "--data.source", str(path), "--data.tokenizer", "byte"]) == 2
+    args = ["prepare", "--data.source", str(path), "--data.tokenizer", "byte"]
+    assert main([*args, "--data.strict_utf8"]) == 2
     captured = capsys.readouterr()
     assert_one_line_error(captured.err, message)
     assert not (tmp_path / "data").exists()
@@ -232,12 +233,15 @@ def test_sample_from_a_checkpoint_missing_its_weights(tmp_path, trained_run):
 
 
 def test_prepare_non_utf8_through_the_cli(tmp_path):
+    """Non-UTF-8 bytes are replaced and counted by default; --data.strict_utf8 refuses them."""
     (tmp_path / "latin.txt").write_bytes("Grüße aus Köln\n".encode("latin-1"))
-    result = run_cli(
-        "prepare", "--data.source", "latin.txt", "--data.tokenizer", "byte", cwd=tmp_path
-    )
-    assert result.returncode == 2
-    assert_one_line_error(result.stderr, "latin.txt is not valid UTF-8", "iconv")
+    args = ("prepare", "--data.source", "latin.txt", "--data.tokenizer", "byte")
+    lenient = run_cli(*args, "--data.dir", "lenient", cwd=tmp_path)
+    assert lenient.returncode == 0, lenient.stderr
+    assert "replaced 3 non-UTF-8 bytes" in lenient.stderr
+    strict = run_cli(*args, "--data.dir", "strict", "--data.strict_utf8", cwd=tmp_path)
+    assert strict.returncode == 2
+    assert_one_line_error(strict.stderr, "latin.txt is not valid UTF-8")
 
 
 def test_help_exits_zero(tmp_path):

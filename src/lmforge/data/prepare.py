@@ -265,12 +265,15 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
         raise DataError(f"data.workers must be >= 0 (0: one per CPU), got {config.workers}")
 
     staging = directory.with_name(directory.name + ".tmp")
+    parent_existed = staging.parent.exists()
     state = _load_progress(staging, fp)
     try:
         return _prepare(config, directory, staging, state, progress)
     except DataError:
         if not (staging / PROGRESS).is_file():  # nothing worth resuming: leave no trace
             shutil.rmtree(staging, ignore_errors=True)
+            if not parent_existed and not any(staging.parent.iterdir()):
+                staging.parent.rmdir()
         raise
 
 
