@@ -55,7 +55,7 @@ def test_interrupted_prepare_resumes_to_identical_output(
     tmp_path, jsonl_corpus, small_batches, monkeypatch
 ):
     whole = prepare(config(jsonl_corpus, tmp_path / "whole", workers=1), progress=False)
-    save = prepare_module._save_progress
+    save = prepare_module.save_progress
     calls = []
 
     def interrupt_after_two(*args):
@@ -64,7 +64,7 @@ def test_interrupted_prepare_resumes_to_identical_output(
         if len(calls) == 2:
             raise KeyboardInterrupt  # as if killed after the second shard
 
-    monkeypatch.setattr(prepare_module, "_save_progress", interrupt_after_two)
+    monkeypatch.setattr(prepare_module, "save_progress", interrupt_after_two)
     target = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         prepare(config(jsonl_corpus, target, workers=1), progress=False)
@@ -72,7 +72,7 @@ def test_interrupted_prepare_resumes_to_identical_output(
     progress = json.loads((tmp_path / "resumed.tmp" / "progress.json").read_text())
     assert 0 < progress["emitted"] < 120
 
-    monkeypatch.setattr(prepare_module, "_save_progress", save)
+    monkeypatch.setattr(prepare_module, "save_progress", save)
     encoded = []
     real_encode = prepare_module._encode
     monkeypatch.setattr(

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from lmforge.config import DataConfig
 from lmforge.data import registry
 from lmforge.data.readers import ReadStats, iter_documents
+from lmforge.data.shards import PROGRESS, ShardWriter, load_progress, save_progress
 from lmforge.data.sources import Document, is_val_document, split_documents
 from lmforge.errors import DataError
 from lmforge.tokenizer import (
@@ -44,7 +45,6 @@ from lmforge.tokenizer import (
 )
 
 INDEX = "index.json"
-PROGRESS = "progress.json"
 BATCH_DOCS = 256
 BATCH_CHARS = 4 << 20  # bounds the memory a batch takes (a few huge documents)
 POOL_MIN_BATCHES = 8  # fewer batches than this are tokenized in-process
@@ -187,61 +187,6 @@ def _batches(stream: Iterator[tuple[str, Document]]) -> Iterator[list[tuple[str,
         yield batch
 
 
-class ShardWriter:
-    """Cuts one split's token stream into shards of exactly shard_tokens (the last: fewer)."""
-
-    def __init__(self, directory: Path, split: str, size: int, shards: list, pending: np.ndarray):
-        self.directory, self.split, self.size = directory, split, size
-        self.shards, self.parts, self.count = shards, [pending], len(pending)
-
-    def add(self, tokens: np.ndarray) -> bool:
-        """Append tokens; True if a shard was completed."""
-        self.parts.append(tokens)
-        self.count += len(tokens)
-        wrote = False
-        while self.count >= self.size:
-            self._write(self.size)
-            wrote = True
-        return wrote
-
-    def pending(self) -> np.ndarray:
-        self.parts = [np.concatenate(self.parts)] if len(self.parts) != 1 else self.parts
-        return self.parts[0]
-
-    def _write(self, n: int) -> None:
-        tokens = self.pending()
-        name = f"{self.split}-{len(self.shards):05d}.bin"
-        tokens[:n].tofile(self.directory / (name + ".tmp"))
-        os.replace(self.directory / (name + ".tmp"), self.directory / name)
-        self.shards.append({"file": name, "tokens": int(n)})
-        self.parts, self.count = [tokens[n:]], len(tokens) - n
-
-    def finish(self) -> list[dict]:
-        if self.count:
-            self._write(self.count)
-        return self.shards
-
-
-def _save_progress(staging: Path, state: dict, writers: dict[str, ShardWriter]) -> None:
-    """Pending remainders first (new names), then progress.json atomically, then old pendings go."""
-    step = state.get("checkpoint", 0) + 1
-    for split, writer in writers.items():
-        writer.pending().tofile(staging / f"{split}.pending-{step}")
-    state = {**state, "checkpoint": step, "splits": {s: w.shards for s, w in writers.items()}}
-    (staging / (PROGRESS + ".tmp")).write_text(json.dumps(state))
-    os.replace(staging / (PROGRESS + ".tmp"), staging / PROGRESS)
-    for split in writers:
-        (staging / f"{split}.pending-{step - 1}").unlink(missing_ok=True)
-
-
-def _load_progress(staging: Path, fp: dict) -> dict | None:
-    path = staging / PROGRESS
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text())
-    return state if state.get("fingerprint") == fp else None
-
-
 def prepare(config: DataConfig, progress: bool = True) -> Path:
     """Prepare the dataset described by config (a no-op if it is already prepared)."""
     directory = default_data_dir(config)
@@ -266,7 +211,7 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
 
     staging = directory.with_name(directory.name + ".tmp")
     parent_existed = staging.parent.exists()
-    state = _load_progress(staging, fp)
+    state = load_progress(staging, fp)
     try:
         return _prepare(config, directory, staging, state, progress)
     except DataError:
@@ -349,7 +294,7 @@ def _prepare(
             )
             if any(wrote):
                 state = {**state, "emitted": emitted}
-                _save_progress(staging, state, writers)
+                save_progress(staging, state, writers)
     finally:
         bar.close()
         if pool is not None:
