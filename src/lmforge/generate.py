@@ -81,13 +81,16 @@ def generate(
     dtype = next(model.parameters()).dtype
 
     history = [list(p[-context:]) for p in prompts]  # real tokens per row, for rebuilding
+    # Allocate only what this call can fill (a full 8k-token cache of a 135M model is ~0.4 GB);
+    # the context rolls only when the sequence really reaches the context length.
+    cache_len = min(context, max(len(h) for h in history) + config.max_new_tokens)
     new_tokens: list[list[int]] = [[] for _ in prompts]
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     stops = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
 
     def prefill(rows: list[list[int]]):
         tokens, pads, positions = _left_pad(rows, device)
-        cache = KVCache(model.config, len(rows), context, device, dtype)
+        cache = KVCache(model.config, len(rows), cache_len, device, dtype)
         cache.set_padding(pads)
         logits = model(tokens, cache=cache, positions=positions)
         return cache, logits[:, -1], positions[:, -1] + 1
@@ -106,7 +109,7 @@ def generate(
                 new_tokens[row].append(value)
         if bool(finished.all()):
             break
-        if cache.length == context:
+        if cache.length == cache.max_len:
             cache, logits, next_position = prefill([h[-window:] for h in history])
             continue
         logits = model(token[:, None], cache=cache, positions=next_position[:, None])[:, -1]
