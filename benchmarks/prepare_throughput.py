@@ -56,7 +56,10 @@ def main() -> None:
     rows = [
         ("date", datetime.date.today().isoformat()),
         ("machine", machine()),
-        ("source", f"{args.source} ({megabytes:.1f} MB UTF-8, {tokens:,} GPT-2 tokens)"),
+        (
+            "source",
+            f"{args.source} ({megabytes:.1f} MB UTF-8, {tokens:,} tokens, tokenizer {Path(args.tokenizer).name})",
+        ),
     ]
     for workers, runs in times.items():
         median = statistics.median(runs)
