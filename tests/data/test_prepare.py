@@ -11,7 +11,8 @@ import pytest
 from lmforge.config import DataConfig
 from lmforge.data import prepare as prepare_module
 from lmforge.data.prepare import default_data_dir, prepare, read_index, token_dtype
-from lmforge.data.sources import load_documents, split_documents
+from lmforge.data.readers import iter_documents
+from lmforge.data.sources import split_documents
 from lmforge.errors import DataError
 from lmforge.tokenizer import load_tokenizer
 from lmforge.tokenizer.base import write_descriptor
@@ -32,7 +33,8 @@ def test_byte_shards_hold_documents_separated_by_end_of_text(tmp_path, corpus_di
     index = json.loads((directory / "index.json").read_text())
     assert index["dtype"] == "uint16" and index["vocab_size"] == 257 and index["eot_id"] == 256
     assert index["tokenizer"] == "byte"
-    train_docs, val_docs = split_documents(load_documents(str(corpus_dir)), 0.05)
+    documents = list(iter_documents(str(corpus_dir), progress=False))
+    train_docs, val_docs = split_documents(documents, 0.05)
     assert index["documents"] == {"train": len(train_docs), "val": len(val_docs)}
     for split, documents in (("train", train_docs), ("val", val_docs)):
         expected = []

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.data.sources import (
-    Document,
-    load_documents,
-    python_stdlib_files,
-    source_files,
-    split_documents,
-)
+from lmforge.data.readers import iter_documents, local_files
+from lmforge.data.sources import Document, python_stdlib_files, split_documents
 from lmforge.errors import DataError
 
 
+def load_documents(source: str) -> list[Document]:
+    return list(iter_documents(source, strict_utf8=True, progress=False))
+
+
 def test_file_directory_and_glob(corpus_dir):
-    files = source_files(str(corpus_dir))
+    files = local_files(str(corpus_dir))
     assert [f.name for f in files] == [f"doc{i}.txt" for i in range(8)]  # .bin is skipped
-    assert source_files(str(corpus_dir / "doc3.txt")) == [corpus_dir / "doc3.txt"]
-    assert [f.name for f in source_files(str(corpus_dir / "doc[12].txt"))] == [
+    assert local_files(str(corpus_dir / "doc3.txt")) == [corpus_dir / "doc3.txt"]
+    assert [f.name for f in local_files(str(corpus_dir / "doc[12].txt"))] == [
         "doc1.txt",
         "doc2.txt",
     ]
@@ -39,18 +38,23 @@ def test_python_stdlib_corpus_has_no_tests_or_site_packages():
     ("setup", "message"),
     [
         (lambda p: None, "matches no files"),
-        (lambda p: p.write_text(""), "contains no text"),
-        (lambda p: p.write_text("  \n\t\n"), "contains no text"),
         (lambda p: p.write_bytes(b"text\x00\x01\x02more"), "looks binary"),
         (lambda p: p.write_bytes("caf\xe9 latin-1".encode("latin-1")), "is not valid UTF-8"),
     ],
-    ids=["missing", "empty", "whitespace", "binary", "latin1"],
+    ids=["missing", "binary", "latin1"],
 )
 def test_bad_input_is_a_data_error(tmp_path, setup, message):
     path = tmp_path / "input.txt"
     setup(path)
     with pytest.raises(DataError, match=message):
         load_documents(str(path))
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"], ids=["empty", "whitespace"])
+def test_empty_files_give_no_documents(tmp_path, content):
+    # An all-empty source is refused by prepare ("contains no text"; tests/data/test_prepare_scale).
+    (tmp_path / "input.txt").write_text(content)
+    assert load_documents(str(tmp_path / "input.txt")) == []
 
 
 def test_bad_file_inside_a_directory_names_the_file(tmp_path):

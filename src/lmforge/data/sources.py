@@ -1,12 +1,11 @@
-"""Text sources: the built-in offline corpus and local text files, as lists of documents.
+"""Documents, the built-in offline corpus, and the deterministic train/val split.
 
-A document is one file's text. Documents are split deterministically into train and val by a
+Reading files and datasets lives in readers.py. Documents are split deterministically into train and val by a
 hash of their name, so adding files never moves existing ones between splits.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import sysconfig
 from dataclasses import dataclass
@@ -40,62 +39,6 @@ def python_stdlib_files() -> list[Path]:
         if not skipped.intersection(p.relative_to(root).parts) and not p.name.startswith("test_")
     ]
     return sorted(files)
-
-
-def source_files(source: str) -> list[Path]:
-    """Resolve a corpus name, file, directory or glob to a sorted list of files."""
-    if source == "python-stdlib":
-        return python_stdlib_files()
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".py", ".md")
-        )
-    elif path.is_file():
-        files = [path]
-    else:
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-    if not files:
-        raise DataError(
-            f"data source '{source}' matches no files; give an existing text file, directory or "
-            f"glob, or a built-in corpus ({', '.join(BUILTIN_CORPORA)})"
-        )
-    return files
-
-
-def read_text_file(path: Path) -> str:
-    """UTF-8 text of a file; binary or non-UTF-8 content is a DataError naming the file."""
-    raw = path.read_bytes()
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{path} looks binary (it contains NUL bytes); give UTF-8 text files")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path} is not valid UTF-8 (byte {error.start}); convert it, e.g. "
-            f"`iconv -f latin1 -t utf-8 {path.name}`"
-        ) from None
-
-
-def load_documents(source: str) -> list[Document]:
-    files = source_files(source)
-    # Built-in corpora are named relative to their root so the split is the same on every machine.
-    root = Path(sysconfig.get_paths()["stdlib"]) if source == "python-stdlib" else None
-    lenient = source in BUILTIN_CORPORA  # a stray non-UTF-8 stdlib file is skipped, not fatal
-    documents = []
-    for path in files:
-        try:
-            text = read_text_file(path)
-        except DataError:
-            if lenient:
-                continue
-            raise
-        if text.strip():
-            name = str(path.relative_to(root)) if root else str(path)
-            documents.append(Document(name, text))
-    if not documents:
-        raise DataError(f"data source '{source}' contains no text (all files are empty)")
-    return documents
 
 
 def is_val_document(name: str, val_fraction: float) -> bool:
