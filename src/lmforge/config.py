@@ -116,6 +116,29 @@ class TrainConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the run spreads over processes (launched by torchrun or `lmforge launch`).
+
+    The global batch (train.batch_tokens) stays fixed: per-rank accumulation steps follow from it.
+    """
+
+    strategy: Literal["ddp", "zero1", "fsdp"] = "ddp"
+    """ddp: replicate the model, average gradients (a plain model at world size 1); zero1: ddp
+    with the optimizer state sharded over ranks; fsdp: FSDP2 fully_shard of every block and the
+    root (parameters, gradients and optimizer state sharded)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend: auto is nccl with CUDA GPUs, gloo otherwise."""
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    """Recompute activations in the backward pass: full recomputes whole blocks; selective keeps
+    matmul and attention outputs and recomputes the cheap elementwise ops."""
+    cpu_offload: bool = False
+    """fsdp: keep sharded parameters, gradients and optimizer state in CPU memory."""
+    consolidate: bool = True
+    """fsdp: also gather the full model into model.safetensors at each checkpoint (needed by
+    sample, eval and export; otherwise run `lmforge consolidate` on the checkpoint later)."""
+
+
+@dataclass
 class LoggingConfig:
     progress_bar: bool = True
     wandb: bool = False
@@ -131,6 +154,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -1,4 +1,4 @@
-"""BatchLoader: windows are a pure function of (seed, split, rank, number); exact state round trip."""
+"""BatchLoader: row k is a pure function of (seed, split, k); ranks split global batches; exact resume."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def test_batches_are_deterministic_per_seed_split_rank_and_number(byte_data_dir)
         )
     assert not torch.equal(a.batch_at(0)[0], a.batch_at(1)[0])
     assert not torch.equal(a.batch_at(0)[0], loader(byte_data_dir, seed=6).batch_at(0)[0])
-    assert not torch.equal(a.batch_at(0)[0], loader(byte_data_dir, rank=1, seed=5).batch_at(0)[0])
+    # Rows, not batches, are the unit: batch 1 of size 2 is rows 2..3 of batch 0 of size 4.
+    halves = BatchLoader(byte_data_dir, "train", 2, 32, seed=5).batch_at(1)
+    assert all(torch.equal(x[2:4], y) for x, y in zip(a.batch_at(0), halves, strict=True))
     val = loader(byte_data_dir, split="val", seed=5, seq_len=16)
     assert torch.equal(
         val.batch_at(3)[0], loader(byte_data_dir, "val", seed=5, seq_len=16).batch_at(3)[0]
@@ -48,7 +50,7 @@ def test_next_walks_batch_numbers_and_state_round_trips(byte_data_dir):
     for _ in range(3):
         first.next()
     state = first.state_dict()
-    assert state == {"batches_drawn": 3, "seed": 1, "rank": 0}
+    assert state == {"rows_drawn": 12, "seed": 1, "sampling": "random"}
     second = loader(byte_data_dir, seed=1)
     second.load_state_dict(state)
     for _ in range(4):
@@ -60,7 +62,7 @@ def test_next_walks_batch_numbers_and_state_round_trips(byte_data_dir):
 
 def loader_after(directory, drawn):
     fresh = loader(directory, seed=1)
-    fresh.load_state_dict({"batches_drawn": drawn})
+    fresh.load_state_dict({"rows_drawn": 4 * drawn})
     return fresh.next()[0]
 
 
@@ -139,20 +141,49 @@ def test_sequential_reads_across_shard_boundaries(tmp_path, corpus_file):
 
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
-def test_ranks_draw_distinct_deterministic_batches(byte_data_dir, sampling):
-    def rank_loader(rank):
+def test_ranks_split_each_global_batch_like_accumulation_steps(byte_data_dir, sampling):
+    """Micro-step m of rank r of 2 reads the rows one process reads at micro-step 2m + r."""
+
+    def rank_loader(rank, world_size=2):
         return BatchLoader(
-            byte_data_dir, "train", 4, 32, seed=3, rank=rank, world_size=2, sampling=sampling
+            byte_data_dir,
+            "train",
+            4,
+            32,
+            seed=3,
+            rank=rank,
+            world_size=world_size,
+            sampling=sampling,
         )
 
-    zero, one = rank_loader(0), rank_loader(1)
-    for number in range(3):
-        assert torch.equal(zero.batch_at(number)[0], rank_loader(0).batch_at(number)[0])
-        assert not torch.equal(zero.batch_at(number)[0], one.batch_at(number)[0])
+    single, zero, one = rank_loader(0, world_size=1), rank_loader(0), rank_loader(1)
+    for _ in range(3):
+        assert torch.equal(zero.next()[0], single.next()[0])
+        assert torch.equal(one.next()[0], single.next()[0])
+    assert zero.state_dict() == one.state_dict() == single.state_dict()
     if sampling == "sequential":  # the two ranks interleave contiguous slices of the stream
         data = stream(byte_data_dir)
-        assert np.array_equal(one.batch_at(0)[0][0].numpy(), data[4 * 32 : 5 * 32])
-        assert np.array_equal(zero.batch_at(1)[0][0].numpy(), data[8 * 32 : 9 * 32])
+        assert np.array_equal(rank_loader(1).next()[0][0].numpy(), data[4 * 32 : 5 * 32])
+
+
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_resume_with_other_ranks_and_micro_batch_continues_the_row_stream(byte_data_dir, sampling):
+    def make(batch_size, rank=0, world_size=1):
+        return BatchLoader(
+            byte_data_dir, "train", batch_size, 32, seed=3, rank=rank, world_size=world_size,
+            sampling=sampling,
+        )  # fmt: skip
+
+    one_rank = make(4)
+    one_rank.next()
+    one_rank.next()  # rows 0..7 consumed
+    expected = make(8).batch_at(1)[0]  # rows 8..15
+    resumed = [make(2, rank, world_size=2) for rank in (0, 1)]
+    for r in resumed:
+        r.load_state_dict(one_rank.state_dict())
+    first = [r.next()[0] for r in resumed]  # rows 8-9 and 10-11
+    second = [r.next()[0] for r in resumed]  # rows 12-13 and 14-15
+    assert torch.equal(torch.cat(first + second), expected)
 
 
 @pytest.mark.parametrize("masking", [False, True])

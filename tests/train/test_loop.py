@@ -113,17 +113,16 @@ def test_interrupted_save_during_training_then_resume(
         byte_data_dir,
         train={"max_steps": 6, "checkpoint_interval": 2, "keep_checkpoints": 1},
     )
-    original_save = ckpt.save_checkpoint
+    original_write = ckpt.write_checkpoint_files
     calls = []
 
-    def save_then_crash_on_second(directory, *args, **kwargs):
-        calls.append(directory.name)
-        if len(calls) == 2:
-            (directory.with_name(directory.name + ".tmp")).mkdir()  # half-staged
+    def write_then_crash_on_second(staging, *args, **kwargs):
+        calls.append(staging.name)
+        if len(calls) == 2:  # the optimizer shards are staged, the model files are not
             raise OSError("disk full")
-        return original_save(directory, *args, **kwargs)
+        return original_write(staging, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "save_checkpoint", save_then_crash_on_second)
+    monkeypatch.setattr(ckpt, "write_checkpoint_files", write_then_crash_on_second)
     with pytest.raises(OSError, match="disk full"):
         train(run)
     monkeypatch.undo()

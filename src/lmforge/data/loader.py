@@ -1,12 +1,14 @@
 """Memory-mapped token shards and deterministic, resumable, rank-aware batches of windows.
 
-Batch number n of rank r is a pure function of (seed, split, r, n): the loader's only state is
-how many batches it has handed out, so saving that counter makes resume exact.
+Every window (row) has a global number k, and row k is a pure function of (seed, split, k):
+random sampling seeds a generator with (seed, split, k); sequential sampling takes window
+k mod windows-per-epoch of the split's token stream. A global batch is a contiguous range of rows,
+split between ranks and micro-steps: micro-step m of rank r of W reads rows
+cursor + (m * W + r) * B ... + B - 1. The loader's only state is the cursor (rows handed out), so
+resume is exact even with a different number of ranks, micro-batch size or accumulation.
 
-sampling="random" draws windows at random offsets; sampling="sequential" walks the split's token
-stream in order (batch n of rank r of W takes the contiguous windows (n * W + r) * B ... + B - 1,
-wrapping around at the end of an epoch). With document_masking, a batch also carries per-token
-document ids and within-document positions, so the model attends only inside each document.
+With document_masking, a batch also carries per-token document ids and within-document
+positions, so the model attends only inside each document.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class BatchLoader:
         if document_masking and self.eot_id is None:
             raise DataError(f"{directory} records no eot_id; re-prepare it to use document masking")
         self.device = torch.device(device)
-        self.batches_drawn = 0
+        self.rows_drawn = 0
         # Only shards long enough for one (seq_len + 1) window can be drawn from.
         room = np.array([max(len(s) - seq_len - 1, 0) for s in self.data.shards], dtype=np.float64)
         # Sequential windows overlap by one token so that every token is a target once per epoch.
@@ -102,30 +104,29 @@ class BatchLoader:
         self.shard_weights = room / max(room.sum(), 1)
         self.room = room.astype(np.int64)
 
-    def _random_windows(self, number: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], self.rank, number])
-        shard_ids = rng.choice(len(self.data.shards), size=self.batch_size, p=self.shard_weights)
-        windows = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)
-        for row, shard_id in enumerate(shard_ids):
+    def _random_windows(self, first: int, count: int) -> np.ndarray:
+        windows = np.empty((count, self.seq_len + 1), dtype=np.int64)
+        for row in range(count):
+            rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], first + row])
+            shard_id = rng.choice(len(self.data.shards), p=self.shard_weights)
             start = int(rng.integers(0, self.room[shard_id] + 1))
             windows[row] = self.data.shards[shard_id][start : start + self.seq_len + 1]
         return windows
 
-    def _sequential_windows(self, number: int) -> np.ndarray:
-        first = (number * self.world_size + self.rank) * self.batch_size
-        windows = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)
-        for row in range(self.batch_size):
+    def _sequential_windows(self, first: int, count: int) -> np.ndarray:
+        windows = np.empty((count, self.seq_len + 1), dtype=np.int64)
+        for row in range(count):
             window = (first + row) % self.windows_per_epoch
             windows[row] = self.data.read(window * self.seq_len, self.seq_len + 1)
         return windows
 
-    def batch_at(self, number: int) -> tuple[torch.Tensor, ...]:
-        """(inputs, targets), each (batch_size, seq_len) int64; with document masking also
-        (document_ids, positions) of the inputs, for Transformer.forward."""
+    def rows(self, first: int, count: int) -> tuple[torch.Tensor, ...]:
+        """Rows first .. first + count - 1 as (inputs, targets), each (count, seq_len) int64;
+        with document masking also (document_ids, positions) of the inputs, for Transformer.forward."""
         if self.sampling == "random":
-            windows = self._random_windows(number)
+            windows = self._random_windows(first, count)
         else:
-            windows = self._sequential_windows(number)
+            windows = self._sequential_windows(first, count)
         batch = torch.from_numpy(windows)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -134,22 +135,26 @@ class BatchLoader:
             return inputs, targets
         return inputs, targets, *document_layout(inputs, self.eot_id)
 
+    def batch_at(self, number: int) -> tuple[torch.Tensor, ...]:
+        """Batch `number` of the split on its own (rows number * B ...): eval and overfit use it."""
+        return self.rows(number * self.batch_size, self.batch_size)
+
     def next(self) -> tuple[torch.Tensor, ...]:
-        batch = self.batch_at(self.batches_drawn)
-        self.batches_drawn += 1
+        """This rank's next micro-batch; the cursor moves past every rank's micro-batch."""
+        batch = self.rows(self.rows_drawn + self.rank * self.batch_size, self.batch_size)
+        self.rows_drawn += self.world_size * self.batch_size
         return batch
 
     def position(self) -> int:
-        """Sequential mode: stream offset (tokens) where this rank's next batch starts."""
-        first = (self.batches_drawn * self.world_size + self.rank) * self.batch_size
-        return (first % self.windows_per_epoch) * self.seq_len
+        """Sequential mode: stream offset (tokens) where the next global batch starts."""
+        return (self.rows_drawn % self.windows_per_epoch) * self.seq_len
 
     def state_dict(self) -> dict:
-        state = {"batches_drawn": self.batches_drawn, "seed": self.seed, "rank": self.rank}
+        state = {"rows_drawn": self.rows_drawn, "seed": self.seed, "sampling": self.sampling}
         if self.sampling == "sequential":
-            state |= {"sampling": "sequential", "position": self.position()}
+            state["position"] = self.position()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        # Batches are pure functions of their number, so the counter alone restores the position.
-        self.batches_drawn = int(state["batches_drawn"])
+        # Rows are pure functions of their number, so the cursor alone restores the position.
+        self.rows_drawn = int(state["rows_drawn"])

@@ -5,8 +5,11 @@ A checkpoint directory is self-contained:
     model.safetensors        weights (tied tensors stored once)
     lmforge_tokenizer.json   tokenizer (+ tokenizer.json for BPE)
     checkpoint.json          step, tokens seen, val loss (human-readable)
-    train_state.pt           optimizer, loader position, RNG, run config (resume only;
+    train_state.pt           step, loader position, RNG, run config (resume only;
                              read with torch.load(weights_only=True))
+    sharded_state/           optimizer state (and, for FSDP, the model) as a
+                             torch.distributed.checkpoint directory: written in shards by
+                             every rank, read back at any world size (resume only)
 
 In a run directory they live in checkpoints/step-NNNNNNN/, with `last` and `best` symlinks that
 are swapped atomically, so an interrupted save never breaks `last`.
@@ -39,11 +42,12 @@ REQUIRED = (CONFIG_FILE, MODEL_FILE, DESCRIPTOR)
 
 
 def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
+    for path in directory.rglob("*"):
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(directory)
+    for path in [p for p in directory.rglob("*") if p.is_dir()] + [directory]:
+        _fsync_dir(path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -52,6 +56,52 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def stage_checkpoint(directory: Path) -> Path:
+    """A fresh, empty staging directory beside `directory` (any leftover of a crash is replaced)."""
+    staging = Path(directory).with_name(Path(directory).name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def write_checkpoint_files(
+    staging: Path,
+    config: ModelConfig,
+    weights: nn.Module | dict[str, torch.Tensor] | None,
+    tokenizer: Tokenizer,
+    info: dict,
+    train_state: dict | None = None,
+) -> None:
+    """The single-process files of a checkpoint: config, weights, tokenizer, info, train state.
+
+    `weights` is a model, a full state dict (e.g. gathered from FSDP shards), or None when the
+    weights exist only as FSDP shards (`lmforge consolidate` writes them later)."""
+    (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
+    if weights is None:
+        pass
+    elif isinstance(weights, nn.Module):
+        safetensors.torch.save_model(weights, str(staging / MODEL_FILE))
+    else:
+        if config.tie_embeddings:  # stored once, as save_model does for a tied model
+            weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+        weights = {k: v.contiguous() for k, v in weights.items()}
+        safetensors.torch.save_file(weights, str(staging / MODEL_FILE))
+    tokenizer.save(staging)
+    (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if train_state is not None:
+        torch.save(train_state, staging / STATE_FILE)
+
+
+def commit_checkpoint(staging: Path, directory: Path) -> Path:
+    """fsync the staged files, then rename the staging directory into place."""
+    _fsync_tree(staging)
+    if directory.exists():
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    _fsync_dir(directory.parent)
+    return directory
 
 
 def save_checkpoint(
@@ -63,21 +113,9 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint under a temporary name, fsync it, then rename it into place."""
     directory = Path(directory)
-    staging = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    (staging / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2))
-    safetensors.torch.save_model(model, str(staging / MODEL_FILE))
-    tokenizer.save(staging)
-    (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
-    if train_state is not None:
-        torch.save(train_state, staging / STATE_FILE)
-    _fsync_tree(staging)
-    if directory.exists():
-        shutil.rmtree(directory)
-    staging.rename(directory)
-    _fsync_dir(directory.parent)
-    return directory
+    staging = stage_checkpoint(directory)
+    write_checkpoint_files(staging, model.config, model, tokenizer, info, train_state)
+    return commit_checkpoint(staging, directory)
 
 
 def point_link(link: Path, target_name: str) -> None:

@@ -1,7 +1,9 @@
-"""`lmforge train`: the one training loop.
+"""`lmforge train`: the one training loop, for one process or many (torchrun).
 
-setup (data, tokenizer, model, optimizer, resume) -> for each step: accumulate micro-batches,
-clip, step -> log / eval / checkpoint at intervals -> final checkpoint and loss plot.
+setup (process group, data, tokenizer, model, parallel strategy, optimizer, resume) -> for each
+step: accumulate micro-batches (gradients synchronised on the last), clip, step -> log / eval /
+checkpoint at intervals -> final checkpoint and loss plot. Rank 0 alone logs, prints and writes
+the single-process checkpoint files; every rank writes its shard of the optimizer state.
 """
 
 from __future__ import annotations
@@ -20,19 +22,39 @@ from lmforge.config import RunConfig, dump_toml, to_dict
 from lmforge.data.loader import BatchLoader
 from lmforge.data.prepare import prepare
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.evals.loss import batch_loss, mean_loss
+from lmforge.evals.loss import batch_loss
 from lmforge.models.counting import count_parameters, flops_per_token
 from lmforge.models.transformer import Transformer
+from lmforge.parallel.dist import (
+    DistInfo,
+    elastic_restart_count,
+    init_distributed,
+    main_first,
+    mean_over_ranks,
+    shutdown,
+    sum_over_ranks,
+)
+from lmforge.parallel.parallelize import (
+    check_parallel_config,
+    clip_gradients,
+    needs_process_group,
+    parallelize,
+)
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.plot import plot_run
+from lmforge.train.run_checkpoint import (
+    check_resumable,
+    restore_sharded,
+    save_run_checkpoint,
+    weights_before_parallelize,
+)
 from lmforge.train.runtime import (
     autocast_context,
     enable_fast_math,
     measure_peak_flops,
-    pick_device,
     synchronize,
 )
 
@@ -70,46 +92,60 @@ def accumulation_steps(run: RunConfig, seq_len: int, world_size: int = 1) -> int
     return run.train.batch_tokens // per_step
 
 
-def check_resumable(run: RunConfig, directory: Path) -> dict:
-    state = ckpt.load_train_state(directory)
-    saved = ckpt.read_model_config(directory).shape_dict()
-    current = run.model.shape_dict()
-    changed = {k: (saved[k], current.get(k)) for k in saved if saved[k] != current.get(k)}
-    if changed:
-        key, (old, new) = next(iter(changed.items()))
-        raise ConfigError(
-            f"--resume with a config that changes the model's shape (model.{key}: {old} -> {new}); "
-            "resume with the original config, or start a new run in another train.out_dir"
-        )
-    return state
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: BatchLoader, batches: int, autocast, info: DistInfo
+) -> float:
+    """Mean loss over val batches 0 .. batches-1 (the same every time), split over the ranks.
 
-
-def evaluate(model: nn.Module, loader: BatchLoader, batches: int, autocast) -> float:
-    """Mean loss over the same `batches` val batches every time (they depend only on the seed)."""
-    return mean_loss(model, loader, batches, autocast)
+    Every rank runs the same number of forward passes (FSDP gathers weights collectively), so
+    a rank with nothing left repeats a batch and does not count it."""
+    model.eval()
+    total = torch.zeros((), device=loader.device)
+    for first in range(0, batches, info.world_size):
+        number = first + info.rank
+        loss = batch_loss(model, loader.batch_at(number % batches), autocast)
+        if number < batches:
+            total += loss
+    model.train()
+    return (sum_over_ranks(total, info) / batches).item()
 
 
 def train(run: RunConfig, resume: bool = False, init_from: str | None = None) -> TrainResult:
+    if resume and init_from:
+        raise ConfigError("--resume and --init_from exclude each other; use one")
+    if run.train.max_steps <= 0:
+        raise ConfigError(f"train.max_steps must be positive, got {run.train.max_steps}")
+    run.model.validate()  # shape errors before the (possibly long) data preparation
+    check_parallel_config(run.parallel, run.train.dtype)
+    info = init_distributed(
+        run.train.device, run.parallel.backend, needs_process_group(run.parallel)
+    )
+    try:
+        return _train(run, info, resume, init_from)
+    finally:
+        shutdown(info)
+
+
+def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) -> TrainResult:
     cfg = run.train
     out_dir = Path(cfg.out_dir)
     checkpoints = out_dir / "checkpoints"
-    if checkpoints.exists() and any(checkpoints.iterdir()) and not resume:
+    has_checkpoint = (checkpoints / "last").exists()
+    if elastic_restart_count() > 0 and has_checkpoint:
+        resume = True  # torchrun restarted the group after a failure: continue, don't restart
+    if has_checkpoint and not resume:
         raise ConfigError(
             f"{out_dir} already holds checkpoints; pass --resume to continue it, "
             "or choose a new --train.out_dir"
         )
-    if resume and init_from:
-        raise ConfigError("--resume and --init_from exclude each other; use one")
-    if cfg.max_steps <= 0:
-        raise ConfigError(f"train.max_steps must be positive, got {cfg.max_steps}")
-
-    run.model.validate()  # shape errors before the (possibly long) data preparation
-    device = pick_device(cfg.device)
+    device = info.device
     enable_fast_math(device)
     autocast = autocast_context(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
 
-    data_dir = prepare(run.data, progress=run.logging.progress_bar)
+    progress = run.logging.progress_bar and info.is_main
+    data_dir = main_first(info, lambda: prepare(run.data, progress=progress))
     tokenizer = load_tokenizer(data_dir)
     run = resolve_vocab(run, tokenizer)
     run.model.validate()
@@ -119,26 +155,38 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
             f"train.seq_len={seq_len} exceeds model.context_length={run.model.context_length}; "
             "lower the first or raise the second"
         )
-    accumulation = accumulation_steps(run, seq_len)
+    accumulation = accumulation_steps(run, seq_len, info.world_size)
 
-    state = None
+    state, last = None, None
     if resume:
-        last = checkpoints / "last"
-        if not last.exists():
+        if not has_checkpoint:
             raise CheckpointError(
                 f"--resume: {out_dir} has no checkpoints/last; start without --resume"
             )
-        state = check_resumable(run, last.resolve())
+        last = (checkpoints / "last").resolve()
+        state = check_resumable(run, last)
 
     model = Transformer(run.model).to(device)
     if init_from:
-        source = ckpt.find_checkpoint(init_from)
-        ckpt.load_weights(model, source)
-    optimizer = build_optimizer(model, run.optim, device)
+        ckpt.load_weights(model, ckpt.find_checkpoint(init_from))
+    if last is not None:
+        weights_before_parallelize(model, last)
+    parallel = parallelize(model, run.parallel, info, cfg.dtype, cfg.compile)
+    optimizer = build_optimizer(
+        model, run.optim, device, shard_over_ranks=run.parallel.strategy == "zero1"
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
     sampling = {"sampling": run.data.sampling, "document_masking": run.data.document_masking}
     train_loader = BatchLoader(
-        data_dir, "train", cfg.micro_batch_size, seq_len, cfg.seed, device=device, **sampling
+        data_dir,
+        "train",
+        cfg.micro_batch_size,
+        seq_len,
+        cfg.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=device,
+        **sampling,
     )
     val_loader = BatchLoader(
         data_dir, "val", cfg.micro_batch_size, seq_len, cfg.seed, device=device, **sampling
@@ -147,62 +195,70 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
     if cfg.hellaswag_interval > 0:  # read (or download) it now: a bad file fails before training
         from lmforge.evals.hellaswag import load_hellaswag
 
-        hellaswag = load_hellaswag(cfg.hellaswag_data, cfg.hellaswag_limit)
+        hellaswag = main_first(
+            info, lambda: load_hellaswag(cfg.hellaswag_data, cfg.hellaswag_limit)
+        )
 
     step, best_val, tokens_seen = 0, float("inf"), 0
     if state is not None:
-        ckpt.load_weights(model, (checkpoints / "last").resolve())
-        optimizer.load_state_dict(state["optimizer"])
+        restore_sharded(last, model, optimizer, info)
         scaler.load_state_dict(state["scaler"])
         train_loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, best_val, tokens_seen = state["step"], state["best_val_loss"], state["tokens_seen"]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints.mkdir(exist_ok=True)
-    dump_toml(run, out_dir / "config.toml")
-    logger = MetricsLogger(out_dir, run.logging, run)
-    compiled = torch.compile(model) if cfg.compile else model
+    logger = None
+    if info.is_main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        dump_toml(run, out_dir / "config.toml")
+        logger = MetricsLogger(out_dir, run.logging, run)
     flops_token = flops_per_token(model, seq_len)
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_flops(device, cfg.dtype)
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
+    if peak is None:
+        peak = measure_peak_flops(device, cfg.dtype) if info.is_main else 1.0
     max_norm = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
-    print(
+    say = tqdm.write if info.is_main else (lambda message: None)
+    say(
         f"model: {count_parameters(model) / 1e6:.2f}M parameters, {flops_token / 1e6:.1f} MFLOPs/token | "
         f"{device} {cfg.dtype} | batch {cfg.batch_tokens} tokens = {cfg.micro_batch_size} x {seq_len} "
-        f"x {accumulation} accumulation | peak {peak / 1e12:.2f} TFLOP/s "
-        f"({'given' if cfg.peak_tflops else 'measured'})"
+        f"x {info.world_size} ranks x {accumulation} accumulation | {run.parallel.strategy} | "
+        f"peak {peak / 1e12:.2f} TFLOP/s ({'given' if cfg.peak_tflops else 'measured'})"
     )
+    if state is not None:
+        say(f"resumed from {last} at step {step} ({info.world_size} ranks)")
 
     def save(is_best: bool) -> None:
-        info = {"step": step, "tokens_seen": tokens_seen, "val_loss": last_val}
+        summary = {"step": step, "tokens_seen": tokens_seen, "val_loss": last_val}
         train_state = {
-            "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "loader": train_loader.state_dict(),
             "rng": {"torch": torch.get_rng_state()}
-            | ({"cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
+            | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             "step": step,
             "best_val_loss": best_val,
             "tokens_seen": tokens_seen,
+            "world_size": info.world_size,
             "run_config": to_dict(run),
         }
-        name = f"step-{step:07d}"
-        ckpt.save_checkpoint(checkpoints / name, model, tokenizer, info, train_state)
-        ckpt.point_link(checkpoints / "last", name)
-        if is_best:
-            ckpt.point_link(checkpoints / "best", name)
-        ckpt.prune_checkpoints(checkpoints, cfg.keep_checkpoints)
+        save_run_checkpoint(
+            checkpoints,
+            step,
+            parallel,
+            optimizer,
+            tokenizer,
+            run,
+            info,
+            summary,
+            train_state,
+            is_best,
+        )
 
     result = TrainResult(out_dir, step)
     last_val = None
     bar = tqdm(
-        total=cfg.max_steps,
-        initial=step,
-        desc="train",
-        disable=not run.logging.progress_bar,
-        dynamic_ncols=True,
+        total=cfg.max_steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True
     )
     window_start, window_tokens, paused = time.perf_counter(), 0, 0.0
     loss_sum = torch.zeros((), device=device)
@@ -211,46 +267,46 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
         lr = lr_at(step, cfg.max_steps, run.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        step_loss = torch.zeros((), device=device)
-        for _ in range(accumulation):
+        for micro in range(accumulation):
             batch = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
-            loss = batch_loss(compiled, batch, autocast) / accumulation
-            scaler.scale(loss).backward()
-            step_loss += loss.detach()
+            with parallel.gradient_sync(micro == accumulation - 1):
+                loss = batch_loss(parallel.forward, batch, autocast) / accumulation
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
         scaler.unscale_(optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = clip_gradients(model, max_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += cfg.batch_tokens
         window_tokens += cfg.batch_tokens
-        loss_sum += step_loss
         bar.update(1)
 
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             synchronize(device)
             elapsed = time.perf_counter() - window_start - paused
             steps_in_window = window_tokens // cfg.batch_tokens
-            mean_loss = (loss_sum / steps_in_window).item()
+            mean_loss = mean_over_ranks(loss_sum / steps_in_window, info).item()
             tokens_per_s = window_tokens / elapsed
             mfu = flops_token * tokens_per_s / peak
             metrics = {
-                "loss": step_loss.item() if steps_in_window == 1 else mean_loss,
+                "loss": mean_loss,
                 "lr": lr,
                 "grad_norm": grad_norm.item(),
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu,
                 "tokens": tokens_seen,
             }
-            logger.log(step, metrics)
-            result.losses[step] = metrics["loss"]
-            bar.write(
-                f"step {step:>6}/{cfg.max_steps} | loss {metrics['loss']:.4f} | lr {lr:.2e} | "
+            result.losses[step] = mean_loss
+            if logger is not None:
+                logger.log(step, metrics)
+            say(
+                f"step {step:>6}/{cfg.max_steps} | loss {mean_loss:.4f} | lr {lr:.2e} | "
                 f"grad {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}%"
             )
-            if not math.isfinite(metrics["loss"]):
-                bar.write("loss is not finite: lower optim.lr, or use train.dtype='fp32' to debug")
+            if not math.isfinite(mean_loss):
+                say("loss is not finite: lower optim.lr, or use train.dtype='fp32' to debug")
             window_start, window_tokens, paused = time.perf_counter(), 0, 0.0
             loss_sum.zero_()
 
@@ -258,21 +314,14 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
         is_checkpoint = step % cfg.checkpoint_interval == 0 or step == cfg.max_steps
         pause_start = time.perf_counter()  # eval and saving are not charged to throughput
         if is_eval:
-            last_val = evaluate(compiled, val_loader, cfg.eval_batches, autocast)
-            logger.log(step, {"val_loss": last_val})
-            bar.write(f"step {step:>6}/{cfg.max_steps} | val loss {last_val:.4f}")
+            last_val = evaluate(parallel.forward, val_loader, cfg.eval_batches, autocast, info)
+            parallel.reshard()
+            if logger is not None:
+                logger.log(step, {"val_loss": last_val})
+            say(f"step {step:>6}/{cfg.max_steps} | val loss {last_val:.4f}")
         if hellaswag and (step % cfg.hellaswag_interval == 0 or step == cfg.max_steps):
-            from lmforge.evals.hellaswag import evaluate_hellaswag
-
-            # The uncompiled model: every batch has a new shape, which would recompile.
-            hs = evaluate_hellaswag(
-                model, tokenizer, hellaswag, cfg.micro_batch_size, device, cfg.dtype, progress=False
-            )
-            logger.log(step, {"hellaswag_acc": hs["acc"], "hellaswag_acc_norm": hs["acc_norm"]})
-            bar.write(
-                f"step {step:>6}/{cfg.max_steps} | hellaswag acc {hs['acc']:.4f} "
-                f"acc_norm {hs['acc_norm']:.4f} ({hs['n']} examples)"
-            )
+            run_hellaswag(model, tokenizer, hellaswag, cfg, info, parallel.fsdp, logger, step, say)
+            parallel.reshard()
         if is_checkpoint:
             is_best = last_val is not None and last_val < best_val
             best_val = min(best_val, last_val) if last_val is not None else best_val
@@ -280,7 +329,26 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
         paused += time.perf_counter() - pause_start
 
     bar.close()
-    logger.close()
-    plot_run(out_dir)
+    if logger is not None:
+        logger.close()
+        plot_run(out_dir)
     result.step, result.val_loss = step, last_val
     return result
+
+
+def run_hellaswag(model, tokenizer, examples, cfg, info, sharded, logger, step, say) -> None:
+    """HellaSwag on rank 0 (on every rank with FSDP, whose forward is collective)."""
+    if not (info.is_main or sharded):
+        return
+    from lmforge.evals.hellaswag import evaluate_hellaswag
+
+    # The uncompiled model: every batch has a new shape, which would recompile.
+    scores = evaluate_hellaswag(
+        model, tokenizer, examples, cfg.micro_batch_size, info.device, cfg.dtype, progress=False
+    )
+    if logger is not None:
+        logger.log(step, {"hellaswag_acc": scores["acc"], "hellaswag_acc_norm": scores["acc_norm"]})
+    say(
+        f"step {step:>6}/{cfg.max_steps} | hellaswag acc {scores['acc']:.4f} "
+        f"acc_norm {scores['acc_norm']:.4f} ({scores['n']} examples)"
+    )

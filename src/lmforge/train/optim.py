@@ -7,14 +7,19 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from lmforge.config import OptimConfig
 
 
 def build_optimizer(
-    model: nn.Module, config: OptimConfig, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW; weight decay on >= 2-D weights only (matrices and embeddings, not norms or biases)."""
+    model: nn.Module, config: OptimConfig, device: torch.device, shard_over_ranks: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW; weight decay on >= 2-D weights only (matrices and embeddings, not norms or biases).
+
+    shard_over_ranks (ZeRO-1): each rank keeps the AdamW state of, and updates, only its share of
+    the parameters, then broadcasts them (torch's ZeroRedundancyOptimizer).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
@@ -25,14 +30,21 @@ def build_optimizer(
         "cuda",
         "cpu",
     )
-    return torch.optim.AdamW(
-        groups,
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        eps=config.eps,
-        fused=fused or None,
-        foreach=None if fused else True,
-    )
+    options = {
+        "lr": config.lr,
+        "betas": (config.beta1, config.beta2),
+        "eps": config.eps,
+        "fused": fused or None,
+        "foreach": None if fused else True,
+    }
+    if shard_over_ranks:
+        return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **options)
+    return torch.optim.AdamW(groups, **options)
+
+
+def local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that holds this rank's state (ZeRO keeps its shard in `.optim`)."""
+    return optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
 
 
 def lr_at(step: int, max_steps: int, config: OptimConfig) -> float:

@@ -1,0 +1,144 @@
+"""The process group: who am I (rank, world size, device), set up from torchrun's environment.
+
+One code path for every scale: a plain `lmforge train` is world size 1 with no process group
+(unless a sharding strategy needs one, which then gets a private single-rank group). Under
+torchrun (or `lmforge launch`) RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR come from the
+environment and the backend is nccl on GPUs, gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from lmforge import errors
+from lmforge.errors import ConfigError, LmforgeError
+from lmforge.train.runtime import pick_device
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None
+    """None when no process group exists (a plain single process)."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def initialized(self) -> bool:
+        return self.backend is not None
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def elastic_restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (0 at first)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if name == "nccl" and device.type != "cuda":
+        raise ConfigError(
+            "parallel.backend='nccl' needs CUDA GPUs but this run is on "
+            f"{device.type}; use parallel.backend='gloo' (or 'auto')"
+        )
+    return name
+
+
+def init_distributed(
+    device_name: str, backend: str, need_group: bool, timeout_s: float = 600.0
+) -> DistInfo:
+    """Pick this rank's device and join the process group (if launched by torchrun, or if
+    `need_group` asks for a single-rank group, e.g. for FSDP in one process)."""
+    if not launched_by_torchrun():
+        device = pick_device(device_name)
+        resolved = resolve_backend(backend, device)
+        if not need_group:
+            return DistInfo(0, 0, 1, device, None)
+        if not dist.is_initialized():
+            dist.init_process_group(resolved, store=dist.HashStore(), rank=0, world_size=1)
+        return DistInfo(0, 0, 1, device, resolved)
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                "launch at most one process per GPU (--nproc-per-node)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    resolved = resolve_backend(backend, device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            resolved,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistInfo(rank, local_rank, world_size, device, resolved)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.initialized and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.initialized and info.world_size > 1:
+        dist.barrier()
+
+
+def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The mean of a tensor over ranks (a copy; the input is unchanged)."""
+    value = value.detach().clone()
+    if info.initialized and info.world_size > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= info.world_size
+    return value
+
+
+def sum_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    value = value.detach().clone()
+    if info.initialized and info.world_size > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def main_first(info: DistInfo, work: Callable[[], T]) -> T:
+    """Run `work` on rank 0, then on the other ranks (which find it done, e.g. prepared data).
+
+    A user error on rank 0 is raised on every rank, instead of leaving the others waiting."""
+    if not (info.initialized and info.world_size > 1):
+        return work()
+    status: list = [None]
+    if info.is_main:
+        try:
+            result = work()
+        except LmforgeError as error:
+            status = [(type(error).__name__, str(error))]
+    dist.broadcast_object_list(status, src=0)
+    if status[0] is not None:
+        kind, message = status[0]
+        raise getattr(errors, kind, LmforgeError)(message)
+    if not info.is_main:
+        result = work()
+    return result

@@ -1,0 +1,109 @@
+"""Optimizer state (and FSDP model shards) in a torch.distributed.checkpoint directory.
+
+The state is keyed by parameter name, not by optimizer slot, so the layout does not depend on
+the strategy or the number of ranks: each rank writes the tensors it owns (FSDP: its shard of
+every tensor; ZeRO-1: the whole state of its share of the parameters; DDP: rank 0 writes the
+replicated state once), and each rank reads back exactly what it owns now, resharded by DCP.
+That is what lets a run saved at 2 ranks resume at 1, or at 1 resume at 2, or switch strategy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from lmforge.errors import CheckpointError
+from lmforge.parallel.dist import DistInfo
+from lmforge.train.optim import local_optimizer
+
+SHARDED_DIR = "sharded_state"
+ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
+@contextmanager
+def _quiet_single_process():
+    # no_dist=True is deliberate for a single process; DCP still warns about it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _owned_parameters(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """(name, parameter) for every parameter whose state this rank's optimizer holds."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    for group in local_optimizer(optimizer).param_groups:
+        for param in group["params"]:
+            yield names[id(param)], param
+
+
+def save_sharded_state(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    info: DistInfo,
+    include_model: bool,
+) -> None:
+    """Collective: every rank calls it with the same directory."""
+    local = local_optimizer(optimizer)
+    state: dict = {
+        "optimizer": {
+            name: {key: local.state[param][key] for key in ADAMW_STATE}
+            for name, param in _owned_parameters(model, optimizer)
+            if param in local.state
+        }
+    }
+    if include_model:
+        state["model"] = model.state_dict()
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=str(directory), no_dist=not info.initialized)
+
+
+def holds_model(directory: Path) -> bool:
+    metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    return any(key.startswith("model.") for key in metadata.state_dict_metadata)
+
+
+def load_sharded_state(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+) -> None:
+    """Fill this rank's optimizer state (and the model, if the directory holds it) in place."""
+    if not (directory / ".metadata").is_file():
+        raise CheckpointError(
+            f"{directory.parent} has no {SHARDED_DIR}/ to resume from; start a new run from its "
+            "weights with --init_from instead"
+        )
+    local = local_optimizer(optimizer)
+    owned = list(_owned_parameters(model, optimizer))
+    template = {
+        name: {
+            "step": torch.zeros((), dtype=torch.float32),
+            "exp_avg": torch.zeros_like(param),
+            "exp_avg_sq": torch.zeros_like(param),
+        }
+        for name, param in owned
+    }
+    state: dict = {"optimizer": template}
+    if holds_model(directory):
+        state["model"] = model.state_dict()
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(directory), no_dist=not info.initialized)
+    # Fused and capturable AdamW keep `step` on the parameter's device; the others on the CPU.
+    step_on_device = bool(local.defaults.get("fused") or local.defaults.get("capturable"))
+    for name, param in owned:
+        loaded = template[name]
+        step = loaded["step"].to(param.device) if step_on_device else loaded["step"]
+        local.state[param] = {"step": step, **{k: loaded[k] for k in ADAMW_STATE[1:]}}
+
+
+def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole model's weights on the CPU of rank 0 (collective when `sharded`); {} elsewhere."""
+    if not sharded:
+        return model.state_dict() if info.is_main else {}
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)

@@ -1,0 +1,97 @@
+"""Saving and resuming a training run, at any number of ranks.
+
+A run checkpoint is the portable checkpoint directory (config, model.safetensors, tokenizer),
+plus train_state.pt (step, loader cursor, RNG, run config; written by rank 0) and the
+sharded_state/ directory (optimizer state, and FSDP's model shards; written by every rank).
+Resume reads both back at whatever world size and strategy the new run uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmforge.config import RunConfig
+from lmforge.errors import CheckpointError, ConfigError
+from lmforge.parallel.dist import DistInfo, barrier
+from lmforge.parallel.parallelize import ParallelModel
+from lmforge.parallel.sharded_state import (
+    SHARDED_DIR,
+    full_model_state,
+    holds_model,
+    load_sharded_state,
+    save_sharded_state,
+)
+from lmforge.tokenizer import Tokenizer
+from lmforge.train import checkpoint as ckpt
+
+
+def check_resumable(run: RunConfig, directory: Path) -> dict:
+    """The train state of a checkpoint, after checking that this run's model fits it."""
+    state = ckpt.load_train_state(directory)
+    saved = ckpt.read_model_config(directory).shape_dict()
+    current = run.model.shape_dict()
+    changed = {k: (saved[k], current.get(k)) for k in saved if saved[k] != current.get(k)}
+    if changed:
+        key, (old, new) = next(iter(changed.items()))
+        raise ConfigError(
+            f"--resume with a config that changes the model's shape (model.{key}: {old} -> {new}); "
+            "resume with the original config, or start a new run in another train.out_dir"
+        )
+    if not (directory / SHARDED_DIR / ".metadata").is_file():
+        raise CheckpointError(
+            f"{directory} has no complete {SHARDED_DIR}/ (optimizer state), so it cannot be "
+            "resumed; start a new run from its weights with --init_from instead"
+        )
+    return state
+
+
+def weights_before_parallelize(model: nn.Module, directory: Path) -> None:
+    """Load model.safetensors into the plain model, unless the sharded state holds the model
+    (FSDP), which is loaded after sharding by `restore_sharded`."""
+    if not holds_model(directory / SHARDED_DIR):
+        ckpt.load_weights(model, directory)
+
+
+def restore_sharded(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+) -> None:
+    load_sharded_state(directory / SHARDED_DIR, model, optimizer, info)
+
+
+def save_run_checkpoint(
+    checkpoints: Path,
+    step: int,
+    parallel: ParallelModel,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Tokenizer,
+    run: RunConfig,
+    info: DistInfo,
+    summary: dict,
+    train_state: dict,
+    is_best: bool,
+) -> None:
+    """Collective: every rank calls it. Staged under step-N.tmp, renamed when complete."""
+    name = f"step-{step:07d}"
+    directory = checkpoints / name
+    staging = directory.with_name(name + ".tmp")
+    if info.is_main:
+        ckpt.stage_checkpoint(directory)
+    barrier(info)
+    model = parallel.model
+    save_sharded_state(staging / SHARDED_DIR, model, optimizer, info, include_model=parallel.fsdp)
+    weights = None
+    if not parallel.fsdp:
+        weights = model
+    elif run.parallel.consolidate:
+        weights = full_model_state(model, info, sharded=True)
+    if info.is_main:
+        ckpt.write_checkpoint_files(staging, run.model, weights, tokenizer, summary, train_state)
+        ckpt.commit_checkpoint(staging, directory)
+        ckpt.point_link(checkpoints / "last", name)
+        if is_best:
+            ckpt.point_link(checkpoints / "best", name)
+        ckpt.prune_checkpoints(checkpoints, run.train.keep_checkpoints)
+    barrier(info)
