@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -43,6 +44,14 @@ class PrepareCommand:
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
     config: str | None = None
     """TOML run config whose [data] section to prepare."""
+
+
+@dataclass
+class ConsolidateCommand:
+    """Gather an FSDP checkpoint's sharded model into model.safetensors (one process)."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
 
 
 @dataclass
@@ -162,10 +171,19 @@ def run_train(command: TrainCommand) -> None:
     from lmforge.train.loop import train
 
     result = train(command.run, resume=command.resume, init_from=command.init_from)
+    if not is_main_process():
+        return
     # val_loss is None when --resume finds the run already at train.max_steps (nothing to do).
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"done: step {result.step}, val loss {val}; run dir {result.out_dir}")
     print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
+
+
+def run_consolidate(command: ConsolidateCommand) -> None:
+    from lmforge.train.run_checkpoint import consolidate_checkpoint
+
+    directory = consolidate_checkpoint(command.checkpoint)
+    print(f"wrote {directory / 'model.safetensors'}")
 
 
 def run_prepare(command: PrepareCommand) -> None:
@@ -265,6 +283,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "presets": (PresetsCommand, run_presets),
     "convert": (ConvertCommand, run_convert),
     "export": (ExportCommand, run_export),
+    "consolidate": (ConsolidateCommand, run_consolidate),
 }
 
 
@@ -308,8 +327,16 @@ def parse(command_type: type, args: list[str], prog: str):
 def usage() -> str:
     lines = ["usage: lmforge <command> [options]   (lmforge <command> --help for its options)", ""]
     for name, (command_type, _) in COMMANDS.items():
-        lines.append(f"  {name:<9} {(command_type.__doc__ or '').splitlines()[0]}")
+        lines.append(f"  {name:<11} {(command_type.__doc__ or '').splitlines()[0]}")
+    lines.append(
+        f"  {'launch':<11} Run a command on several processes/nodes (torchrun's options first)"
+    )
     return "\n".join(lines)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0 if argv else 2
     name, args = argv[0], argv[1:]
+    if name == "launch":
+        from lmforge.parallel.launch import launch
+
+        try:
+            return launch(args)
+        except LmforgeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if name not in COMMANDS:
         print(
             f"error: unknown command '{name}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr
@@ -327,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler(parse(command_type, args, f"lmforge {name}"))
     except LmforgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if is_main_process():  # every rank hits the same error; one line is enough
+            print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -89,12 +89,32 @@ def init_distributed(
         torch.cuda.set_device(device)
     resolved = resolve_backend(backend, device)
     if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group(
             resolved,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            store=_attempt_store(rank, world_size, timeout),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
             device_id=device if device.type == "cuda" else None,
         )
     return DistInfo(rank, local_rank, world_size, device, resolved)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store, with keys private to this attempt of the worker group.
+
+    torchrun's agent keeps one store for every restart of the group, so without a prefix a
+    restarted rank can read the address a dead rank published and fail to connect to it."""
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"lmforge/attempt-{elastic_restart_count()}", store)
 
 
 def shutdown(info: DistInfo) -> None:

@@ -107,3 +107,9 @@ def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[st
         return model.state_dict() if info.is_main else {}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)
+
+
+def load_model_shards(directory: Path, model: nn.Module) -> None:
+    """Only the model from a sharded state (one process, e.g. to consolidate it)."""
+    with _quiet_single_process():
+        dcp.load({"model": model.state_dict()}, checkpoint_id=str(directory), no_dist=True)

@@ -145,6 +145,11 @@ def find_checkpoint(path: str | Path) -> Path:
     for candidate in (path, path / "checkpoints" / "last", path / "last"):
         if (candidate / CONFIG_FILE).is_file() or (candidate / MODEL_FILE).is_file():
             missing = [name for name in REQUIRED if not (candidate / name).is_file()]
+            if missing == [MODEL_FILE] and (candidate / "sharded_state").is_dir():
+                raise CheckpointError(
+                    f"checkpoint {candidate} holds its model only as FSDP shards; run "
+                    f"`lmforge consolidate --checkpoint {candidate}` to write {MODEL_FILE}"
+                )
             if missing:
                 raise CheckpointError(
                     f"checkpoint {candidate} is incomplete (missing {', '.join(missing)}); "

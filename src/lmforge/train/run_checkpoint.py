@@ -8,19 +8,23 @@ Resume reads both back at whatever world size and strategy the new run uses.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import nn
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.models.transformer import Transformer
 from lmforge.parallel.dist import DistInfo, barrier
 from lmforge.parallel.parallelize import ParallelModel
 from lmforge.parallel.sharded_state import (
     SHARDED_DIR,
     full_model_state,
     holds_model,
+    load_model_shards,
     load_sharded_state,
     save_sharded_state,
 )
@@ -95,3 +99,33 @@ def save_run_checkpoint(
             ckpt.point_link(checkpoints / "best", name)
         ckpt.prune_checkpoints(checkpoints, run.train.keep_checkpoints)
     barrier(info)
+
+
+def consolidate_checkpoint(path: str | Path) -> Path:
+    """Write model.safetensors of an FSDP checkpoint saved without it (parallel.consolidate=false),
+    from its sharded state, in one process. Returns the checkpoint directory."""
+    path = Path(path)
+    candidates = (path, path / "checkpoints" / "last", path / "last")
+    found = [c for c in candidates if (c / SHARDED_DIR / ".metadata").is_file()]
+    if not found:
+        raise CheckpointError(
+            f"{path} holds no {SHARDED_DIR}/ to consolidate; point at a checkpoint directory "
+            "(checkpoints/step-*) or a run directory"
+        )
+    directory = found[0].resolve()
+    if not holds_model(directory / SHARDED_DIR):
+        raise CheckpointError(
+            f"{directory}'s sharded state holds no model (it was not trained with fsdp): its "
+            f"{ckpt.MODEL_FILE} is already the full model"
+        )
+    config = ckpt.read_model_config(directory)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model = model.to_empty(device="cpu")
+    if config.tie_embeddings:
+        model.lm_head.weight = model.token_embedding.weight
+    load_model_shards(directory / SHARDED_DIR, model)
+    staging = directory / (ckpt.MODEL_FILE + ".tmp")
+    safetensors.torch.save_model(model, str(staging))
+    os.replace(staging, directory / ckpt.MODEL_FILE)
+    return directory

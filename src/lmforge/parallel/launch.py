@@ -1,0 +1,59 @@
+"""`lmforge launch [torchrun options] <command> [options]`: torchrun for lmforge commands.
+
+It takes torchrun's own options (--nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint,
+--max-restarts, ...) and runs `python -m lmforge <command> ...` in every worker, through
+torch.distributed.run itself. What it adds: a thread count per worker that shares the CPU
+cores instead of torchrun's blanket 1, and a one-line report (no launcher traceback) when a
+worker fails. A worker that hit a user error (exit code 2) has already printed its one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lmforge.errors import ConfigError
+
+USER_ERROR = 2
+
+
+def launch(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    parser = get_args_parser()
+    parser.prog = "lmforge launch"
+    args = parser.parse_args(argv)
+    if args.training_script.startswith("-") or args.training_script == "launch":
+        raise ConfigError(
+            "lmforge launch needs an lmforge command after its options, e.g. "
+            "`lmforge launch --nproc-per-node 2 train --config tiny`"
+        )
+    command = args.training_script
+    args.training_script, args.module = "lmforge", True
+    args.training_script_args = [command, *args.training_script_args]
+    if "OMP_NUM_THREADS" not in os.environ:
+        workers = _local_workers(args.nproc_per_node)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    # The agent logs each failed worker at ERROR level; we report failures ourselves below.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(args)
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        if failure.exitcode != USER_ERROR:
+            print(
+                f"error: lmforge {command} failed on rank {rank} (exit code {failure.exitcode}); "
+                "its output is above",
+                file=sys.stderr,
+            )
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def _local_workers(nproc_per_node: str) -> int:
+    """Workers on this node: torchrun accepts a number, or gpu / cpu / auto."""
+    if nproc_per_node.isdigit():
+        return int(nproc_per_node)
+    return 1 if nproc_per_node == "gpu" else os.cpu_count() or 1
