@@ -300,7 +300,7 @@ def test_reduced_quickstart_end_to_end(tmp_path):
     result = run_cli(*train_args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert "batch 512 tokens = 4 x 64 x 2 accumulation" in result.stdout
+    assert "batch 512 tokens = 4 x 64 x 1 ranks x 2 accumulation" in result.stdout
     assert "done: step 6, val loss " in result.stdout
     checkpoint = (run_dir / "checkpoints" / "last").resolve()
     assert checkpoint.name == "step-0000006"

@@ -111,10 +111,12 @@ class PlotCommand:
 
 @dataclass
 class PresetsCommand:
-    """List the named model presets with parameter counts and FLOPs per token."""
+    """List the named model presets: parameters, FLOPs per token, training memory per GPU."""
 
     seq_len: int = 2048
     """Sequence length for the attention part of FLOPs per token."""
+    gpus: int = 8
+    """World size for the memory-per-GPU columns (ddp / zero1 / fsdp)."""
 
 
 @dataclass
@@ -256,9 +258,12 @@ def run_plot(command: PlotCommand) -> None:
 def run_presets(command: PresetsCommand) -> None:
     from lmforge.models.counting import build_on_meta, count_parameters, flops_per_token
     from lmforge.models.presets import PRESETS, model_preset
+    from lmforge.parallel.memory import model_state_bytes
 
+    gpus = command.gpus
+    print(f"{'':<43}GiB per GPU at {gpus} GPUs")
     print(
-        f"{'preset':<14} {'parameters':>12} {'GFLOPs/token':>13}  (training, seq_len {command.seq_len})"
+        f"{'preset':<14} {'parameters':>14} {'GFLOPs/token':>13}  {'ddp':>7} {'zero1':>7} {'fsdp':>7}"
     )
     for name in PRESETS:
         config = model_preset(name)
@@ -267,10 +272,20 @@ def run_presets(command: PresetsCommand) -> None:
             name += " *"
         model = build_on_meta(config)
         seq_len = min(command.seq_len, config.context_length)
+        parameters = count_parameters(model)
+        memory = [
+            model_state_bytes(parameters, strategy, gpus) / 2**30
+            for strategy in ("ddp", "zero1", "fsdp")
+        ]
         print(
-            f"{name:<14} {count_parameters(model):>12,} {flops_per_token(model, seq_len) / 1e9:>13.3f}"
+            f"{name:<14} {parameters:>14,} {flops_per_token(model, seq_len) / 1e9:>13.3f}  "
+            f"{memory[0]:>7.2f} {memory[1]:>7.2f} {memory[2]:>7.2f}"
         )
-    print("* vocab follows the tokenizer; counted here with 4096")
+    print(
+        f"* vocab follows the tokenizer; counted here with 4096. GFLOPs/token: training at "
+        f"seq_len {command.seq_len}. GiB: fp32 weights, gradients and AdamW moments; "
+        "activations come on top."
+    )
 
 
 COMMANDS: dict[str, tuple[type, Callable]] = {
@@ -368,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `lmforge presets | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

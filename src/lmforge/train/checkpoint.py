@@ -145,7 +145,7 @@ def find_checkpoint(path: str | Path) -> Path:
     for candidate in (path, path / "checkpoints" / "last", path / "last"):
         if (candidate / CONFIG_FILE).is_file() or (candidate / MODEL_FILE).is_file():
             missing = [name for name in REQUIRED if not (candidate / name).is_file()]
-            if missing == [MODEL_FILE] and (candidate / "sharded_state").is_dir():
+            if missing == [MODEL_FILE] and _holds_model_shards(candidate):
                 raise CheckpointError(
                     f"checkpoint {candidate} holds its model only as FSDP shards; run "
                     f"`lmforge consolidate --checkpoint {candidate}` to write {MODEL_FILE}"
@@ -162,6 +162,13 @@ def find_checkpoint(path: str | Path) -> Path:
         f"{path} is not a checkpoint (no {CONFIG_FILE} + {MODEL_FILE}) and holds no checkpoints/last; "
         "point at a run directory or a checkpoint directory"
     )
+
+
+def _holds_model_shards(directory: Path) -> bool:
+    from lmforge.parallel.sharded_state import SHARDED_DIR, holds_model
+
+    sharded = directory / SHARDED_DIR
+    return (sharded / ".metadata").is_file() and holds_model(sharded)
 
 
 def read_model_config(directory: Path) -> ModelConfig:
