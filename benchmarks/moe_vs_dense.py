@@ -20,12 +20,18 @@ from lmforge.models.presets import model_preset
 from lmforge.models.transformer import Transformer
 
 VOCAB, SEQ, BATCH, HIDDEN = 512, 128, 8, 512
-SHAPE = dict(vocab_size=VOCAB, context_length=SEQ, dim=256, num_layers=4, num_heads=4, ffn_dim=HIDDEN)
+SHAPE = dict(
+    vocab_size=VOCAB, context_length=SEQ, dim=256, num_layers=4, num_heads=4, ffn_dim=HIDDEN
+)
 MODELS = {
     "dense": dict(),
     "moe 8x top-2": dict(ffn="moe", num_experts=8, experts_per_token=2, moe_ffn_dim=HIDDEN // 2),
     "moe 8x top-2 aux-free": dict(
-        ffn="moe", num_experts=8, experts_per_token=2, moe_ffn_dim=HIDDEN // 2, moe_bias_balancing=True
+        ffn="moe",
+        num_experts=8,
+        experts_per_token=2,
+        moe_ffn_dim=HIDDEN // 2,
+        moe_bias_balancing=True,
     ),
 }
 WARMUP, REPEATS, STEPS = 2, 5, 3
@@ -59,13 +65,17 @@ def tokens_per_second(fields: dict) -> tuple[float, int, int]:
 
 
 def main() -> None:
-    print(f"threads={torch.get_num_threads()} batch={BATCH}x{SEQ} bf16 autocast, median of {REPEATS}")
+    print(
+        f"threads={torch.get_num_threads()} batch={BATCH}x{SEQ} bf16 autocast, median of {REPEATS}"
+    )
     print(f"{'model':<24}{'params':>10}{'active':>10}{'tokens/s':>10}{'vs dense':>10}")
     dense = None
     for name, fields in MODELS.items():
         rate, total, active = tokens_per_second(fields)
         dense = dense or rate
-        print(f"{name:<24}{total / 1e6:>9.2f}M{active / 1e6:>9.2f}M{rate:>10.0f}{rate / dense:>10.2f}")
+        print(
+            f"{name:<24}{total / 1e6:>9.2f}M{active / 1e6:>9.2f}M{rate:>10.0f}{rate / dense:>10.2f}"
+        )
 
 
 if __name__ == "__main__":
