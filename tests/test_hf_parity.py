@@ -256,8 +256,11 @@ def test_original_gpt2_checkpoint_keys_load():
     ("hf_config", "message"),
     [
         ({"model_type": "bert"}, "cannot import HF model_type 'bert'"),
-        (_llama_shape(model_type="mistral", sliding_window=16), "sliding_window=16"),
-        (_llama_shape(model_type="llama", rope_scaling={"rope_type": "yarn"}), "rope_type 'yarn'"),
+        (_llama_shape(model_type="qwen2", sliding_window=16), "sliding_window=16"),
+        (
+            _llama_shape(model_type="llama", rope_scaling={"rope_type": "longrope"}),
+            "rope_type 'longrope'",
+        ),
         (_llama_shape(model_type="llama", hidden_act="gelu"), "hidden_act 'gelu'"),
         (_llama_shape(model_type="llama", attention_bias=True), "attention_bias"),
         ({"model_type": "gpt2", "n_embd": 64}, "no 'vocab_size'"),

@@ -3,9 +3,10 @@
 Pure functions over dicts and tensors; nothing here imports transformers, so reading or writing
 an HF checkpoint directory does not need it installed.
 
-Import: gpt2, llama (2/3/3.1), mistral (without sliding window) and qwen2 (Llama + q/k/v biases).
-Export: GPT-2 for gelu/layernorm/learned/bias configs, Llama (Qwen2 when qkv_bias) for
-swiglu/rmsnorm/rope ones.
+Import: gpt2, llama (2/3/3.1), mistral (with sliding window), qwen2 (Llama + q/k/v biases), and
+through hf_zoo.py mixtral, deepseek_v2 and deepseek_v3 (MLA + MoE).
+Export: GPT-2 for gelu/layernorm/learned/bias configs, Llama (Qwen2 when qkv_bias, Mistral with a
+sliding window) for swiglu/rmsnorm/rope ones, Mixtral for MoE, DeepSeek-V2/V3 for MLA.
 
 The weight layouts differ only in names and fusion: we fuse q/k/v into one `attn.qkv` (rows
 [q; k; v]) and SwiGLU's gate/up into one `ffn.up` (rows [gate; up]); GPT-2's Conv1D stores
@@ -19,10 +20,21 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.interop.hf_zoo import (
+    DEEPSEEK,
+    ZOO,
+    config_from_zoo,
+    fuse_legacy_experts,
+    hf_config_zoo,
+    permute_rope_rows,
+    zoo_export_type,
+    zoo_layer_rows,
+)
 from lmforge.models.config import ModelConfig
+from lmforge.models.layers import layer_configs, layer_shapes
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
-SUPPORTED = ("gpt2", *LLAMA_LIKE)
+SUPPORTED = ("gpt2", *LLAMA_LIKE, *ZOO)
 # Non-parameter buffers some HF checkpoints carry: GPT-2's causal mask, old Llama's RoPE table.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
@@ -33,7 +45,7 @@ def model_config_from_hf(hf_config: dict) -> ModelConfig:
     try:
         if model_type == "gpt2":
             config = _config_from_gpt2(hf_config)
-        elif model_type in LLAMA_LIKE:
+        elif model_type in LLAMA_LIKE or model_type in ZOO:
             config = _config_from_llama(hf_config, model_type)
         else:
             supported = ", ".join(SUPPORTED)
@@ -86,21 +98,34 @@ def _config_from_llama(hf: dict, model_type: str) -> ModelConfig:
     context = hf.get("max_position_embeddings", 2048)
     # Qwen2 carries a sliding_window value that is only used when use_sliding_window is true.
     window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
-    if window is not None and window < context:
+    if model_type == "qwen2" and window is not None and window < context:
         raise ConfigError(
-            f"{model_type} sliding_window={window} is smaller than max_position_embeddings="
-            f"{context} and lmforge has no sliding-window attention; set max_position_embeddings "
-            f"to {window} in config.json (full attention is then exact)"
+            f"qwen2 sliding_window={window} is smaller than max_position_embeddings={context} and "
+            "lmforge does not implement Qwen2's per-layer windows (max_window_layers); set "
+            f"max_position_embeddings to {window} in config.json (full attention is then exact)"
         )
     # transformers 5 keeps theta and scaling in `rope_parameters`; 4.x has rope_theta + rope_scaling.
     rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "llama3"):
+    if rope_type not in ("default", "llama3", "yarn"):
         raise ConfigError(
-            f"{model_type} rope_type '{rope_type}' is not supported; lmforge implements default "
-            "and llama3 RoPE scaling"
+            f"{model_type} rope_type '{rope_type}' is not supported; lmforge implements default, "
+            "llama3 and yarn RoPE scaling"
         )
     scaling = {}
+    if rope_type == "yarn":
+        if rope.get("attention_factor") is not None:
+            raise ConfigError(f"{model_type} yarn attention_factor is not supported; remove it")
+        original = rope["original_max_position_embeddings"]
+        scaling = dict(
+            rope_scaling="yarn",
+            rope_scaling_factor=rope.get("factor") or context / original,
+            rope_original_context_length=original,
+            rope_yarn_beta_fast=float(rope.get("beta_fast") or 32),
+            rope_yarn_beta_slow=float(rope.get("beta_slow") or 1),
+            rope_yarn_mscale=float(rope.get("mscale") or 0),
+            rope_yarn_mscale_all_dim=float(rope.get("mscale_all_dim") or 0),
+        )
     if rope_type == "llama3":
         scaling = dict(
             rope_scaling="llama3",
@@ -111,7 +136,7 @@ def _config_from_llama(hf: dict, model_type: str) -> ModelConfig:
         )
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or dim // heads
-    return ModelConfig(
+    common = dict(
         vocab_size=hf["vocab_size"],
         context_length=context,
         dim=dim,
@@ -130,11 +155,21 @@ def _config_from_llama(hf: dict, model_type: str) -> ModelConfig:
         init_std=hf.get("initializer_range", 0.02),
         **scaling,
     )
+    if model_type in ZOO:
+        return config_from_zoo(hf, model_type, common)
+    return ModelConfig(**common, sliding_window=window if model_type == "mistral" else None)
 
 
 def _export_type(config: ModelConfig) -> str:
     """The HF model_type whose architecture is exactly this config's."""
     flavour = (config.mlp, config.norm, config.position, config.bias)
+    zoo = zoo_export_type(config)
+    if zoo or config.sliding_window or config.layers:
+        if flavour != ("swiglu", "rmsnorm", "rope", False) or config.qkv_bias:
+            raise ConfigError(
+                "MoE / MLA / sliding-window export needs swiglu/rmsnorm/rope, no bias"
+            )
+        return zoo or "mistral"
     # GPT-2 has no head_dim or kv-head settings: plain multi-head attention only.
     plain_heads = config.kv_heads == config.num_heads == config.dim / config.attn_head_dim
     if flavour == ("gelu", "layernorm", "learned", True) and plain_heads:
@@ -174,6 +209,16 @@ def hf_config_from_model_config(config: ModelConfig) -> dict:
             attn_pdrop=config.dropout,
         )
     rope_scaling, theta = None, config.rope_theta
+    if config.rope_scaling == "yarn":
+        rope_scaling = dict(
+            rope_type="yarn",
+            factor=config.rope_scaling_factor,
+            original_max_position_embeddings=config.rope_original_context_length,
+            beta_fast=config.rope_yarn_beta_fast,
+            beta_slow=config.rope_yarn_beta_slow,
+            mscale=config.rope_yarn_mscale,
+            mscale_all_dim=config.rope_yarn_mscale_all_dim,
+        )
     if config.rope_scaling == "llama3":
         rope_scaling = dict(
             rope_type="llama3",
@@ -182,8 +227,9 @@ def hf_config_from_model_config(config: ModelConfig) -> dict:
             high_freq_factor=config.rope_high_freq_factor,
             original_max_position_embeddings=config.rope_original_context_length,
         )
-    return common | dict(
-        architectures=["Qwen2ForCausalLM" if model_type == "qwen2" else "LlamaForCausalLM"],
+    names = {"qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+    hf = common | dict(
+        architectures=[names.get(model_type, "LlamaForCausalLM")],
         hidden_size=config.dim,
         intermediate_size=config.hidden_dim,
         num_hidden_layers=config.num_layers,
@@ -201,16 +247,35 @@ def hf_config_from_model_config(config: ModelConfig) -> dict:
         rope_scaling=rope_scaling,
         rope_parameters={"rope_type": "default", **(rope_scaling or {}), "rope_theta": theta},
     )
+    if model_type == "mistral":
+        hf["sliding_window"] = config.sliding_window
+    elif model_type in ZOO:
+        hf = hf_config_zoo(config, model_type, hf)
+    back = model_config_from_hf(hf)  # a heterogeneous stack must be what the HF config builds
+    if layer_shapes(back) != layer_shapes(config) or [
+        c.sliding_window for c in layer_configs(back)
+    ] != [c.sliding_window for c in layer_configs(config)]:
+        raise ConfigError(
+            f"these per-layer settings (model.layers) have no {model_type} equivalent; HF export "
+            "needs uniform layers (DeepSeek: dense first moe_first_dense_layers, then MoE)"
+        )
+    return hf
 
 
-def _layout(config: ModelConfig, gpt2: bool) -> list[tuple[str, tuple[str, ...], bool, list]]:
+def _layout(config: ModelConfig, family: str) -> list[tuple[str, tuple[str, ...], bool, list]]:
     """(our key, the HF keys concatenated along dim 0 into it, HF stores it transposed, split sizes)."""
     rows = []
+    gpt2 = family == "gpt2"
 
     def add(ours, hf, conv1d=False, sizes=None):
         rows.append((ours, hf if isinstance(hf, tuple) else (hf,), conv1d, sizes))
 
-    if gpt2:
+    if family == "zoo":
+        add("token_embedding.weight", "model.embed_tokens.weight")
+        for i, layer in enumerate(layer_configs(config)):
+            zoo_layer_rows(layer, i, add)
+        add("final_norm.weight", "model.norm.weight")
+    elif gpt2:
         add("token_embedding.weight", "transformer.wte.weight")
         add("position_embedding.weight", "transformer.wpe.weight")
         for i in range(config.num_layers):
@@ -257,15 +322,33 @@ def _check_shapes(state: dict[str, Tensor], config: ModelConfig, source: str) ->
             )
 
 
+def _family(model_type: str) -> str:
+    return "gpt2" if model_type == "gpt2" else "zoo" if model_type in ZOO else "llama"
+
+
 def state_dict_from_hf(
-    hf_state: dict[str, Tensor], config: ModelConfig, model_type: str
+    hf_state: dict[str, Tensor],
+    config: ModelConfig,
+    model_type: str,
+    rope_interleave: bool | None = None,
 ) -> dict[str, Tensor]:
-    """Our state dict (Transformer.load_state_dict-ready) from an HF one of `model_type`."""
+    """Our state dict (Transformer.load_state_dict-ready) from an HF one of `model_type`.
+
+    rope_interleave (DeepSeek only; config.json's value): None means True, HF's default for V3 and
+    the only layout of V2.
+    """
     if model_type not in SUPPORTED:
         raise CheckpointError(
             f"cannot import HF model_type '{model_type}' weights; supported: {', '.join(SUPPORTED)}"
         )
     gpt2 = model_type == "gpt2"
+    family = (
+        "zoo"
+        if (model_type in ZOO or config.sliding_window or config.layers)
+        else _family(model_type)
+    )
+    if model_type in ZOO:
+        hf_state = fuse_legacy_experts(hf_state)
     prefix = "transformer." if gpt2 else "model."
     hf = {}
     for key, tensor in hf_state.items():
@@ -278,7 +361,7 @@ def state_dict_from_hf(
     if config.tie_embeddings:
         hf.pop("lm_head.weight", None)  # the tied alias of the embedding
     state = {}
-    for ours, names, conv1d, _ in _layout(config, gpt2):
+    for ours, names, conv1d, _ in _layout(config, family):
         missing = [name for name in names if name not in hf]
         if missing:
             raise CheckpointError(
@@ -295,6 +378,8 @@ def state_dict_from_hf(
     if config.tie_embeddings:
         state["lm_head.weight"] = state["token_embedding.weight"]
     _check_shapes(state, config, "converted HF weights")
+    if model_type in DEEPSEEK and (model_type == "deepseek_v2" or rope_interleave is not False):
+        state = permute_rope_rows(state, layer_configs(config))
     return state
 
 
@@ -304,17 +389,20 @@ def state_dict_to_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str,
     Tied embeddings are stored once (no lm_head.weight), as HF's own checkpoints do, so the result
     can go straight to safetensors.torch.save_file. No two returned tensors share memory.
     """
-    gpt2 = _export_type(config) == "gpt2"
+    model_type = _export_type(config)
+    family = "zoo" if model_type in (*ZOO, "mistral") else _family(model_type)
     state = dict(state)
     if config.tie_embeddings:  # safetensors' save_model keeps only one name of a tied pair
         shared = state.get("token_embedding.weight", state.get("lm_head.weight"))
         state["token_embedding.weight"] = state["lm_head.weight"] = shared
-    missing = [key for key, *_ in _layout(config, gpt2) if key not in state]
+    missing = [key for key, *_ in _layout(config, family) if key not in state]
     if missing:
         raise CheckpointError(f"lmforge state dict lacks {missing[0]}; is it this config's model?")
     _check_shapes(state, config, "lmforge state dict")
+    if model_type == "deepseek_v2":  # V2 always rotates interleaved pairs (V3 exports without)
+        state = permute_rope_rows(state, layer_configs(config), inverse=True)
     hf = {}
-    for ours, names, conv1d, sizes in _layout(config, gpt2):
+    for ours, names, conv1d, sizes in _layout(config, family):
         tensor = state[ours].t() if conv1d and state[ours].ndim == 2 else state[ours]
         if sizes:  # split views share storage, which save_file refuses: copy them
             hf.update(zip(names, (part.clone() for part in tensor.split(sizes)), strict=True))

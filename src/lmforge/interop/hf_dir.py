@@ -137,7 +137,9 @@ def import_hf(directory: str | Path, out_dir: str | Path) -> Path:
             f"vocab_size is {config.vocab_size}; the tokenizer does not belong to this model"
         )
     model_type = hf_config["model_type"]
-    state = state_dict_from_hf(read_hf_weights(directory), config, model_type)
+    state = state_dict_from_hf(
+        read_hf_weights(directory), config, model_type, hf_config.get("rope_interleave")
+    )
     info = {
         "source": str(directory.resolve()),
         "format": "hf",

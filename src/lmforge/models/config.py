@@ -1,7 +1,9 @@
 """The model config: one flat dataclass that describes every decoder lmforge builds.
 
 Flat (no nested optional sections) so that every field is a plain `--model.x` flag and a plain
-TOML key. GPT-2 and Llama differ only in the values of these fields; see `presets.py`.
+TOML key. GPT-2, Llama, Mistral, Mixtral and DeepSeek differ only in the values of these fields;
+see `presets.py`. Heterogeneous stacks override a subset of the fields per layer (`layers`, resolved
+by `models/layers.py` into one flat ModelConfig per layer).
 """
 
 from __future__ import annotations
@@ -38,14 +40,63 @@ class ModelConfig:
     mlp: Literal["gelu", "swiglu"] = "swiglu"
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
     norm_eps: float = 1e-5
-    position: Literal["rope", "learned"] = "rope"
+    position: Literal["rope", "learned", "sinusoidal", "alibi", "none"] = "rope"
+    """rope, learned absolute, fixed sinusoidal (added to embeddings), ALiBi (attention bias), none (NoPE)."""
     rope_theta: float = 10000.0
-    rope_scaling: Literal["none", "llama3"] = "none"
-    """Llama-3.1 frequency scaling for long context."""
+    rope_scaling: Literal["none", "llama3", "yarn"] = "none"
+    """Llama-3.1 or YaRN frequency scaling for long context."""
     rope_scaling_factor: float = 8.0
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_context_length: int = 8192
+    rope_yarn_beta_fast: float = 32.0
+    rope_yarn_beta_slow: float = 1.0
+    rope_yarn_mscale: float = 1.0
+    rope_yarn_mscale_all_dim: float = 0.0
+    """DeepSeek YaRN: cos/sin scale get_mscale(mscale)/get_mscale(mscale_all_dim); MLA's softmax
+    scale is multiplied by get_mscale(mscale_all_dim)**2. 0 means plain YaRN (0.1 ln(factor) + 1)."""
+    attention: Literal["gqa", "mla"] = "gqa"
+    """gqa: grouped-query attention (MHA when num_kv_heads == num_heads, MQA when 1);
+    mla: DeepSeek Multi-head Latent Attention (the mla_* / *_lora_rank fields)."""
+    sliding_window: int | None = None
+    """Mistral-style local attention: a token sees itself and the window-1 tokens before it."""
+    q_lora_rank: int | None = None
+    """MLA query compression rank; None projects queries directly (DeepSeek-V2-Lite)."""
+    kv_lora_rank: int = 64
+    """MLA key/value latent width: what the KV cache stores per token (plus qk_rope_head_dim)."""
+    qk_nope_head_dim: int = 32
+    qk_rope_head_dim: int = 16
+    """MLA: per-head query/key width without and with RoPE (the RoPE key is shared by all heads)."""
+    v_head_dim: int = 32
+    mla_absorb: bool = False
+    """MLA inference: fold W_UK into the query and W_UV into the output, attending in latent space."""
+    ffn: Literal["dense", "moe"] = "dense"
+    num_experts: int = 8
+    experts_per_token: int = 2
+    """Routed experts per token (top-k)."""
+    moe_ffn_dim: int | None = None
+    """Hidden width of each expert; None means the dense hidden width."""
+    num_shared_experts: int = 0
+    """Always-on experts (DeepSeek), fused into one SwiGLU of num_shared_experts * moe_ffn_dim."""
+    moe_scoring: Literal["softmax", "sigmoid"] = "softmax"
+    moe_norm_topk: bool = True
+    """Renormalise the top-k weights to sum to 1 (Mixtral, DeepSeek-V3)."""
+    moe_routed_scale: float = 1.0
+    """Multiply routed expert weights by this (DeepSeek routed_scaling_factor)."""
+    moe_groups: int = 1
+    moe_topk_groups: int = 1
+    """Group-limited routing: experts split into moe_groups, tokens pick among the best
+    moe_topk_groups groups (group score: max for softmax, sum of top-2 for sigmoid scoring)."""
+    moe_aux_loss_coef: float = 0.0
+    """Switch/GShard load-balancing loss weight (models.moe.moe_aux_loss); 0 is off."""
+    moe_bias_balancing: bool = False
+    """Auxiliary-loss-free balancing: a per-expert bias on the selection scores only."""
+    moe_bias_update_rate: float = 1e-3
+    """u in bias += u * sign(mean_load - load), applied by models.moe.update_router_biases."""
+    moe_first_dense_layers: int = 0
+    """The first this many layers keep a dense FFN when ffn = 'moe' (DeepSeek first_k_dense_replace)."""
+    layers: list[dict] | str | None = None
+    """Per-layer overrides: a list of one table per layer, or a .json/.jsonl file path (see models/layers.py)."""
     bias: bool = False
     """Biases on every linear layer and norm (GPT-2)."""
     qkv_bias: bool = False
@@ -54,6 +105,15 @@ class ModelConfig:
     """Share the token embedding with the LM head."""
     dropout: float = 0.0
     init_std: float = 0.02
+
+    @property
+    def rope_dim(self) -> int:
+        """Width RoPE rotates: the shared rope key in MLA, the whole head otherwise."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.attn_head_dim
+
+    @property
+    def expert_dim(self) -> int:
+        return self.moe_ffn_dim or self.hidden_dim
 
     @property
     def kv_heads(self) -> int:
@@ -79,22 +139,69 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.vocab_size is not None and self.vocab_size <= 0:
             raise ConfigError(f"model.vocab_size must be positive, got {self.vocab_size}")
-        if self.head_dim is None and self.dim % self.num_heads:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        from lmforge.models.layers import layer_configs  # deferred: layers imports this module
+
+        layer_configs(self)  # checks every layer's resolved shape (validate_layer)
+
+    def validate_layer(self, where: str = "model") -> None:
+        """Checks of the per-layer fields (attention, FFN); `where` names the layer in messages."""
+        if self.num_heads <= 0:
+            raise ConfigError(f"{where}.num_heads must be positive, got {self.num_heads}")
+        if self.head_dim is None and self.attention == "gqa" and self.dim % self.num_heads:
             raise ConfigError(
-                f"model.num_heads={self.num_heads} does not divide model.dim={self.dim}; "
+                f"{where}.num_heads={self.num_heads} does not divide model.dim={self.dim}; "
                 f"pick a head count that divides the width (e.g. {_divisor_near(self.dim, self.num_heads)})"
             )
         if self.num_kv_heads is not None and (
             self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads
         ):
             raise ConfigError(
-                f"model.num_kv_heads={self.num_kv_heads} must be positive and divide "
-                f"model.num_heads={self.num_heads}"
+                f"{where}.num_kv_heads={self.num_kv_heads} must be positive and divide "
+                f"num_heads={self.num_heads}"
             )
-        if self.position == "rope" and self.attn_head_dim % 2:
-            raise ConfigError(f"RoPE needs an even head_dim, got {self.attn_head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.position == "rope" and self.rope_dim % 2:
+            raise ConfigError(f"RoPE needs an even head_dim, got {self.rope_dim} ({where})")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"{where}.sliding_window must be positive or unset")
+        if self.attention == "mla":
+            ranks = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+            for name in ranks + ("q_lora_rank",) * (self.q_lora_rank is not None):
+                if getattr(self, name) <= 0:
+                    raise ConfigError(
+                        f"{where}.{name} must be positive for MLA, got {getattr(self, name)}"
+                    )
+            if self.kv_lora_rank >= self.num_heads * (self.qk_nope_head_dim + self.v_head_dim):
+                raise ConfigError(
+                    f"{where}.kv_lora_rank={self.kv_lora_rank} compresses nothing: it must be smaller "
+                    f"than num_heads * (qk_nope_head_dim + v_head_dim) = "
+                    f"{self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)}"
+                )
+            if self.q_lora_rank is not None and self.q_lora_rank >= self.dim:
+                raise ConfigError(
+                    f"{where}.q_lora_rank={self.q_lora_rank} must be smaller than model.dim={self.dim} "
+                    "(or unset for a plain query projection)"
+                )
+        if self.ffn == "moe":
+            if self.num_experts <= 0 or self.experts_per_token <= 0:
+                raise ConfigError(f"{where}.num_experts and experts_per_token must be positive")
+            if self.experts_per_token > self.num_experts:
+                raise ConfigError(
+                    f"{where}.experts_per_token={self.experts_per_token} exceeds num_experts="
+                    f"{self.num_experts}; pick at most {self.num_experts}"
+                )
+            groups, topk_groups = self.moe_groups, self.moe_topk_groups
+            if groups <= 0 or self.num_experts % groups or not 0 < topk_groups <= groups:
+                raise ConfigError(
+                    f"{where}.moe_groups={groups} must divide num_experts={self.num_experts} and "
+                    f"moe_topk_groups={topk_groups} must be in [1, moe_groups]"
+                )
+            if self.experts_per_token > topk_groups * (self.num_experts // groups):
+                raise ConfigError(
+                    f"{where}.experts_per_token={self.experts_per_token} exceeds the experts in "
+                    f"moe_topk_groups={topk_groups} groups; raise moe_topk_groups"
+                )
 
     def shape_dict(self) -> dict:
         """The fields that determine parameter shapes (for resume/init compatibility checks)."""
@@ -105,10 +212,20 @@ class ModelConfig:
         shape |= {"tie_embeddings": self.tie_embeddings}
         if self.position == "learned":
             shape["context_length"] = self.context_length
+        from lmforge.models.layers import layer_shapes
+
+        if self.layers or self.attention == "mla" or self.ffn == "moe":
+            shape["layer_shapes"] = layer_shapes(self)
         return shape
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain dict; a `layers` file path is inlined so a checkpoint's config.json is self-contained."""
+        from lmforge.models.layers import layer_overrides
+
+        data = dataclasses.asdict(self)
+        if isinstance(self.layers, str):
+            data["layers"] = layer_overrides(self)
+        return data
 
 
 def _divisor_near(width: int, heads: int) -> int:

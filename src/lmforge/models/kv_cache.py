@@ -1,14 +1,37 @@
-"""Preallocated key/value cache for incremental decoding, with left padding for batched prompts."""
+"""Preallocated key/value cache for incremental decoding, with left padding for batched prompts.
+
+Each layer holds two tensors shaped for that layer: keys and values (B, KV, max_len, D) for
+grouped-query attention, or for MLA the compressed latent (B, 1, max_len, kv_lora_rank) and the
+shared RoPE key (B, 1, max_len, qk_rope_head_dim), which is all MLA needs to rebuild K and V.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from lmforge.models.config import ModelConfig
+from lmforge.models.layers import layer_configs
+
+
+def layer_cache_widths(layer: ModelConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(heads, width) of the two cached tensors of one layer."""
+    if layer.attention == "mla":
+        return (1, layer.kv_lora_rank), (1, layer.qk_rope_head_dim)
+    return (layer.kv_heads, layer.attn_head_dim), (layer.kv_heads, layer.attn_head_dim)
+
+
+def kv_cache_bytes_per_token(config: ModelConfig, bytes_per_element: int = 2) -> int:
+    """Cache bytes one token costs across all layers (bf16 by default): 2 * KV * D per GQA layer
+    (MHA: KV = H, MQA: KV = 1), kv_lora_rank + qk_rope_head_dim per MLA layer."""
+    elements = 0
+    for layer in layer_configs(config):
+        (heads_a, width_a), (heads_b, width_b) = layer_cache_widths(layer)
+        elements += heads_a * width_a + heads_b * width_b
+    return elements * bytes_per_element
 
 
 class KVCache:
-    """Keys and values of every layer for positions [0, length), shape (B, KV, max_len, D) each.
+    """Per-layer cached tensors for positions [0, length) (see the module docstring for shapes).
 
     `valid[b, s]` is False where row b holds left padding at slot s; those slots are never
     attended to. Slots are cache positions, not token positions: a row with p pads has its
@@ -23,9 +46,13 @@ class KVCache:
         device: torch.device | str,
         dtype: torch.dtype,
     ):
-        shape = (config.num_layers, batch_size, config.kv_heads, max_len, config.attn_head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for layer in layer_configs(config):
+            (heads_a, width_a), (heads_b, width_b) = layer_cache_widths(layer)
+            options = dict(device=device, dtype=dtype)
+            self.keys.append(torch.zeros(batch_size, heads_a, max_len, width_a, **options))
+            self.values.append(torch.zeros(batch_size, heads_b, max_len, width_b, **options))
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.has_padding = False
         self.max_len = max_len
@@ -38,12 +65,17 @@ class KVCache:
         self.has_padding = bool((pad_lengths > 0).any())
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write the new (B, KV, T, D) keys/values after the cached ones and return all of them."""
+        """Write the new (B, heads, T, width) pair after the cached ones and return all of them."""
         end = self.length + k.shape[2]
         assert end <= self.max_len, "KV cache overflow: the caller must roll the context"
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def bytes_per_token(self) -> int:
+        """Measured from the allocated tensors (for checking kv_cache_bytes_per_token)."""
+        total = sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return total // (self.valid.shape[0] * self.max_len)
 
     def advance(self, num_tokens: int) -> None:
         self.length += num_tokens

@@ -1,7 +1,8 @@
-"""One configurable decoder-only transformer covering GPT-2 and Llama 2/3/3.1 (and Qwen2-style qkv bias).
+"""One configurable decoder-only transformer: GPT-2, Llama 2/3/3.1, Qwen2, Mistral (sliding
+window), Mixtral and DeepSeek-V2/V3 (MLA + MoE), and heterogeneous stacks where each layer has its
+own attention and FFN (models/layers.py).
 
-Shapes in comments: B batch, T new tokens, S attended positions (cache + new), H query heads,
-KV key/value heads, D head_dim, C model width.
+Shapes in comments: B batch, T new tokens, S attended positions (cache + new), C model width.
 """
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lmforge.models.attention import Attention, LatentAttention
 from lmforge.models.config import ModelConfig
+from lmforge.models.ffn import FeedForward
 from lmforge.models.kv_cache import KVCache
-from lmforge.models.positions import apply_rope, rope_tables
+from lmforge.models.layers import layer_configs
+from lmforge.models.masks import AttentionMasks
+from lmforge.models.moe import Experts, MoEFeedForward, Router
+from lmforge.models.positions import rope_tables, sinusoidal_table
+
+__all__ = ["Attention", "Block", "FeedForward", "LatentAttention", "Transformer", "document_mask"]
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -31,78 +38,21 @@ def document_mask(document_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal).unsqueeze(1)
 
 
-class Attention(nn.Module):
-    """Causal self-attention with grouped-query heads (MHA when KV == H, MQA when KV == 1)."""
-
-    def __init__(self, config: ModelConfig, layer_index: int):
-        super().__init__()
-        self.layer_index = layer_index
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.kv_heads
-        self.head_dim = config.attn_head_dim
-        self.use_rope = config.position == "rope"
-        self.dropout = config.dropout
-        qkv_width = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
-        # One fused projection: a single large matmul is faster than three small ones.
-        self.qkv = nn.Linear(config.dim, qkv_width, bias=config.bias or config.qkv_bias)
-        self.out = nn.Linear(self.num_heads * self.head_dim, config.dim, bias=config.bias)
-
-    def forward(self, x, cos, sin, attn_mask=None, is_causal=True, cache: KVCache | None = None):
-        B, T, _ = x.shape
-        q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        if self.use_rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer_index, k, v)  # (B, KV, S, D)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=is_causal and attn_mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )  # (B, H, T, D)
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
-
-
-class FeedForward(nn.Module):
-    """GELU MLP (GPT-2) or SwiGLU (Llama); SwiGLU's gate and up projections are fused."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.swiglu = config.mlp == "swiglu"
-        hidden = config.hidden_dim
-        self.up = nn.Linear(config.dim, 2 * hidden if self.swiglu else hidden, bias=config.bias)
-        self.down = nn.Linear(hidden, config.dim, bias=config.bias)
-
-    def forward(self, x):
-        h = self.up(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h, approximate="tanh")
-        return self.down(h)
-
-
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x)); `config` is this layer's."""
 
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
+        self.config = config
         self.attn_norm = make_norm(config)
-        self.attn = Attention(config, layer_index)
+        attention = LatentAttention if config.attention == "mla" else Attention
+        self.attn = attention(config, layer_index)
         self.ffn_norm = make_norm(config)
-        self.ffn = FeedForward(config)
+        self.ffn = MoEFeedForward(config) if config.ffn == "moe" else FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, attn_mask=None, is_causal=True, cache=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, attn_mask, is_causal, cache))
+    def forward(self, x, rope, masks: AttentionMasks, cache: KVCache | None = None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, masks, cache))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -116,12 +66,14 @@ class Transformer(nn.Module):
         if config.position == "learned":
             self.position_embedding = nn.Embedding(config.context_length, config.dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            Block(layer, i) for i, layer in enumerate(layer_configs(config))
+        )
         self.final_norm = make_norm(config)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
-        self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._tables: dict = {}  # rope cos/sin per rotated width, sinusoidal table
         if not self.token_embedding.weight.is_meta:
             self.init_weights()
 
@@ -132,20 +84,37 @@ class Transformer(nn.Module):
         residual_std = std / math.sqrt(2 * self.config.num_layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                is_residual = name.endswith("attn.out") or name.endswith("ffn.down")
+                is_residual = name.endswith(("attn.out", "ffn.down", "shared.down"))
                 nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, Experts):
+                nn.init.normal_(module.up, mean=0.0, std=std)
+                nn.init.normal_(module.down, mean=0.0, std=residual_std)
+            elif isinstance(module, Router):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if hasattr(module, "selection_bias"):
+                    nn.init.zeros_(module.selection_bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
-    def rope(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope(self, device: torch.device, head_dim: int | None = None):
+        """cos, sin tables (context_length, head_dim) for RoPE over `head_dim` channels."""
         # Computed lazily (not a buffer) so meta-device models and state dicts stay free of it.
-        if self._rope_cache is None or self._rope_cache[0].device != device:
-            self._rope_cache = rope_tables(self.config, device)
-        return self._rope_cache
+        key = ("rope", head_dim or self.config.rope_dim, device)
+        if key not in self._tables:
+            self._tables[key] = rope_tables(self.config, device, key[1])
+        return self._tables[key]
+
+    def _sinusoidal(self, device: torch.device) -> torch.Tensor:
+        key = ("sinusoidal", device)
+        if key not in self._tables:
+            self._tables[key] = sinusoidal_table(
+                self.config.context_length, self.config.dim, device
+            )
+        return self._tables[key]
 
     def forward(
         self,
@@ -177,20 +146,24 @@ class Transformer(nn.Module):
         x = self.token_embedding(tokens)  # (B, T, C)
         if self.config.position == "learned":
             x = x + self.position_embedding(positions)
+        elif self.config.position == "sinusoidal":
+            x = x + self._sinusoidal(tokens.device)[positions].to(x.dtype)
         x = self.dropout(x)
-        cos = sin = None
+        ropes = {}
         if self.config.position == "rope":
-            cos, sin = self.rope(tokens.device)
-            cos, sin = cos[positions], sin[positions]  # (T, D) or (B, T, D)
-            if cos.dim() == 3:
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
-        attn_mask, is_causal = None, True
+            for width in {layer.config.rope_dim for layer in self.layers}:
+                cos, sin = self.rope(tokens.device, width)
+                cos, sin = cos[positions], sin[positions]  # (T, D) or (B, T, D)
+                if cos.dim() == 3:
+                    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+                ropes[width] = (cos, sin)
+        masks = AttentionMasks(T, start, tokens.device)
         if cache is not None:
-            attn_mask, is_causal = cache.attention_mask(T)
+            masks.base, masks.valid = cache.attention_mask(T), cache.valid
         elif document_ids is not None:
-            attn_mask, is_causal = document_mask(document_ids), False
+            masks.base, masks.document_ids = (document_mask(document_ids), False), document_ids
         for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask, is_causal, cache)
+            x = layer(x, ropes.get(layer.config.rope_dim), masks, cache)
         if cache is not None:
             cache.advance(T)
         return self.lm_head(self.final_norm(x))
