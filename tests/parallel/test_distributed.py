@@ -179,3 +179,15 @@ def test_consolidate_writes_the_full_model_from_fsdp_shards(workdir, fsdp_run, t
     assert final_weights(copy).keys() == final_weights(fsdp_run).keys()
     for name, tensor in final_weights(fsdp_run).items():
         assert torch.equal(final_weights(copy)[name], tensor), name
+
+
+def test_moe_with_aux_loss_free_balancing_at_two_ranks_equals_one_process(workdir):
+    """Experts that get no tokens on a rank (unused parameters for DDP) and router biases updated
+    from the load summed over ranks: still the single-process run."""
+    moe = ["--model.preset", "tiny-deepseek", "--model.moe_aux_loss_coef", "0.01"]
+    moe += ["--model.moe_bias_balancing"]
+    check(run_single(*train_args("moe-single", *moe), cwd=workdir))
+    check(run_launched(*train_args("moe-ddp", *moe), cwd=workdir))
+    assert_same_run(workdir / "moe-ddp", workdir / "moe-single")
+    biases = {k: v for k, v in final_weights(workdir / "moe-ddp").items() if "selection_bias" in k}
+    assert biases and all(bias.abs().sum() > 0 for bias in biases.values())

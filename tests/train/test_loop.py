@@ -241,3 +241,26 @@ def test_resolve_vocab_and_accumulation():
     four = dataclasses.replace(run, train=dataclasses.replace(run.train, batch_tokens=512))
     assert accumulation_steps(four, 32) == 4
     assert accumulation_steps(four, 32, world_size=2) == 2
+
+
+def test_moe_training_adds_the_balancing_loss_and_logs_expert_load(
+    tmp_path, corpus_file, byte_data_dir
+):
+    """The aux loss reaches the gradients (the router learns differently with it), the logged
+    loss is the LM loss alone, and the expert load is logged at every log step."""
+
+    def run(name, coefficient):
+        config = tiny_run(
+            tmp_path / name,
+            corpus_file,
+            byte_data_dir,
+            model={"preset": "tiny-mixtral", "moe_aux_loss_coef": coefficient},
+            train={"max_steps": 3},
+        )
+        return train(config)
+
+    plain, balanced = run("plain", 0.0), run("balanced", 1.0)
+    assert plain.losses[1] == pytest.approx(balanced.losses[1], rel=1e-6)  # same LM loss at step 1
+    assert plain.losses[3] != pytest.approx(balanced.losses[3], rel=1e-6)  # different updates
+    records = [r for r in read_metrics(tmp_path / "balanced") if "loss" in r]
+    assert all(r["moe/load_cv"] >= 0.0 and 0 < r["moe/max_load/layer0"] <= 1 for r in records)

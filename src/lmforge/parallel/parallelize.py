@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lmforge.config import ParallelConfig
 from lmforge.errors import ConfigError
+from lmforge.models.moe import moe_layers
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.activation_checkpointing import apply_activation_checkpointing
 from lmforge.parallel.dist import DistInfo
@@ -83,7 +84,9 @@ def parallelize(
     forward: nn.Module = model
     if info.world_size > 1:
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=device_ids)
+        # An MoE expert that no token picked in a step has no gradient this step.
+        unused = bool(moe_layers(model))
+        ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
         forward = ddp
     if compile:
         forward = torch.compile(forward)

@@ -24,6 +24,7 @@ from lmforge.data.prepare import prepare
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.evals.loss import batch_loss
 from lmforge.models.counting import count_parameters, flops_per_token
+from lmforge.models.moe import expert_load_metrics, moe_aux_loss, update_router_biases
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.dist import (
     DistInfo,
@@ -270,13 +271,16 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
         for micro in range(accumulation):
             batch = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
             with parallel.gradient_sync(micro == accumulation - 1):
-                loss = batch_loss(parallel.forward, batch, autocast) / accumulation
-                scaler.scale(loss).backward()
-            loss_sum += loss.detach()
+                loss = batch_loss(parallel.forward, batch, autocast)
+                balance = moe_aux_loss(model)  # MoE load-balancing loss (already weighted)
+                objective = loss if balance is None else loss + balance
+                scaler.scale(objective / accumulation).backward()
+            loss_sum += loss.detach() / accumulation
         scaler.unscale_(optimizer)
         grad_norm = clip_gradients(model, max_norm)
         scaler.step(optimizer)
         scaler.update()
+        update_router_biases(model)  # auxiliary-loss-free MoE balancing (no-op otherwise)
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += cfg.batch_tokens
@@ -297,7 +301,7 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu,
                 "tokens": tokens_seen,
-            }
+            } | expert_load_metrics(model)
             result.losses[step] = mean_loss
             if logger is not None:
                 logger.log(step, metrics)
