@@ -56,6 +56,7 @@ from lmforge.train.runtime import (
     autocast_context,
     enable_fast_math,
     measure_peak_flops,
+    peak_memory_bytes,
     synchronize,
 )
 
@@ -301,6 +302,7 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
                 "tokens_per_s": tokens_per_s,
                 "mfu": mfu,
                 "tokens": tokens_seen,
+                "peak_memory_gib": peak_memory_bytes(device) / 2**30,
             } | expert_load_metrics(model)
             result.losses[step] = mean_loss
             if logger is not None:

@@ -63,3 +63,12 @@ def measure_peak_flops(device: torch.device, dtype_name: str, size: int | None =
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak CUDA memory allocated by this process, or its peak resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
