@@ -134,6 +134,7 @@ def test_unexportable_tokenizer_is_refused(imported, tmp_path, capsys, monkeypat
 
     checkpoint = _copy(imported, tmp_path / "ckpt")
     ByteTokenizer().save(checkpoint)
+    (checkpoint / "manifest.json").unlink()  # edited on purpose: the documented way
     monkeypatch.setattr(ByteTokenizer, "kind", "mystery")
     out = tmp_path / "exported"
     _fails(["export", str(checkpoint), "--format", "hf", "--out", str(out)], capsys,

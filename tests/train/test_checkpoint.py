@@ -35,7 +35,13 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path, preset, tied):
     info = {"step": 3, "tokens_seen": 99, "val_loss": 1.5}
     directory = ckpt.save_checkpoint(tmp_path / "step-0000003", model, ByteTokenizer(), info)
     assert sorted(p.name for p in directory.iterdir()) == sorted(
-        ["config.json", "model.safetensors", "lmforge_tokenizer.json", "checkpoint.json"]
+        [
+            "config.json",
+            "model.safetensors",
+            "lmforge_tokenizer.json",
+            "checkpoint.json",
+            "manifest.json",
+        ]
     )
     loaded, tokenizer, found = ckpt.load_model(directory)
     assert found == directory and tokenizer.kind == "byte" and not loaded.training

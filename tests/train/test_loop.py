@@ -181,7 +181,7 @@ def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(
 ):
     with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume"):
         train(tiny_run(trained_run, corpus_file, byte_data_dir))
-    with pytest.raises(CheckpointError, match="has no checkpoints/last"):
+    with pytest.raises(CheckpointError, match="has no checkpoints; start without"):
         train(tiny_run(tmp_path / "fresh", corpus_file, byte_data_dir), resume=True)
 
 

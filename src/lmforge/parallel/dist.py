@@ -162,3 +162,21 @@ def main_first(info: DistInfo, work: Callable[[], T]) -> T:
     if not info.is_main:
         result = work()
     return result
+
+
+def decided_by_main(info: DistInfo, decide: Callable[[], T]) -> T:
+    """Run `decide` on rank 0 only and give its (picklable) result to every rank; a user error
+    on rank 0 is raised on every rank."""
+    if not (info.initialized and info.world_size > 1):
+        return decide()
+    box: list = [None, None]
+    if info.is_main:
+        try:
+            box = [decide(), None]
+        except LmforgeError as error:
+            box = [None, (type(error).__name__, str(error))]
+    dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        kind, message = box[1]
+        raise getattr(errors, kind, LmforgeError)(message)
+    return box[0]

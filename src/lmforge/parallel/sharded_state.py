@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lmforge.errors import CheckpointError
 from lmforge.parallel.dist import DistInfo
+from lmforge.parallel.safe_reader import SafeReader
 from lmforge.train.optim import local_optimizer
 
 SHARDED_DIR = "sharded_state"
@@ -65,7 +66,7 @@ def save_sharded_state(
 
 
 def holds_model(directory: Path) -> bool:
-    metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    metadata = SafeReader(directory).read_metadata()
     return any(key.startswith("model.") for key in metadata.state_dict_metadata)
 
 
@@ -92,7 +93,7 @@ def load_sharded_state(
     if holds_model(directory):
         state["model"] = model.state_dict()
     with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(directory), no_dist=not info.initialized)
+        dcp.load(state, storage_reader=SafeReader(directory), no_dist=not info.initialized)
     # Fused and capturable AdamW keep `step` on the parameter's device; the others on the CPU.
     step_on_device = bool(local.defaults.get("fused") or local.defaults.get("capturable"))
     for name, param in owned:
@@ -112,4 +113,4 @@ def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[st
 def load_model_shards(directory: Path, model: nn.Module) -> None:
     """Only the model from a sharded state (one process, e.g. to consolidate it)."""
     with _quiet_single_process():
-        dcp.load({"model": model.state_dict()}, checkpoint_id=str(directory), no_dist=True)
+        dcp.load({"model": model.state_dict()}, storage_reader=SafeReader(directory), no_dist=True)

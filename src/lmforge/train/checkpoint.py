@@ -5,6 +5,7 @@ A checkpoint directory is self-contained:
     model.safetensors        weights (tied tensors stored once)
     lmforge_tokenizer.json   tokenizer (+ tokenizer.json for BPE)
     checkpoint.json          step, tokens seen, val loss (human-readable)
+    manifest.json            size and SHA-256 of every other file (verified on load)
     train_state.pt           step, loader position, RNG, run config (resume only;
                              read with torch.load(weights_only=True))
     sharded_state/           optimizer state (and, for FSDP, the model) as a
@@ -17,6 +18,7 @@ are swapped atomically, so an interrupted save never breaks `last`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +40,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 INFO_FILE = "checkpoint.json"
 STATE_FILE = "train_state.pt"
+MANIFEST_FILE = "manifest.json"
 REQUIRED = (CONFIG_FILE, MODEL_FILE, DESCRIPTOR)
 
 
@@ -94,8 +97,70 @@ def write_checkpoint_files(
         torch.save(train_state, staging / STATE_FILE)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """manifest.json: the size and SHA-256 of every other file, so a load can tell a complete,
+    intact checkpoint from a truncated or corrupted one."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    entries = {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in files
+    }
+    temporary = directory / (MANIFEST_FILE + ".tmp")
+    temporary.write_text(json.dumps({"files": entries}, indent=1))
+    os.replace(temporary, directory / MANIFEST_FILE)
+
+
+def verify_checkpoint(directory: Path, required: bool = True) -> None:
+    """Check every file against manifest.json (sizes, then checksums); CheckpointError naming
+    the first bad file. Without a manifest: an error if `required`, else nothing to check."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        if required:
+            raise CheckpointError(
+                f"checkpoint {directory} has no {MANIFEST_FILE} (its save never finished); "
+                "use an earlier checkpoint"
+            )
+        return
+    try:
+        entries = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError):
+        raise CheckpointError(
+            f"{manifest_path} is not a valid manifest; use an earlier checkpoint"
+        ) from None
+    for name, expected in entries.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {directory} is missing {name}; use an earlier checkpoint"
+            )
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {directory}: {name} is {size} bytes, the manifest says "
+                f"{expected['bytes']} (truncated or edited); use an earlier checkpoint, or "
+                f"delete {MANIFEST_FILE} if you edited it on purpose"
+            )
+    for name, expected in entries.items():
+        if _sha256(directory / name) != expected["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {directory}: {name} does not match its checksum (corrupted or "
+                f"edited); use an earlier checkpoint, or delete {MANIFEST_FILE} if you edited "
+                "it on purpose"
+            )
+
+
 def commit_checkpoint(staging: Path, directory: Path) -> Path:
-    """fsync the staged files, then rename the staging directory into place."""
+    """Write the manifest, fsync the staged files, then rename the staging directory into place."""
+    write_manifest(staging)
     _fsync_tree(staging)
     if directory.exists():
         shutil.rmtree(directory)
@@ -205,6 +270,7 @@ def load_model(
 ) -> tuple[Transformer, Tokenizer, Path]:
     """The model (eval mode) and tokenizer of a checkpoint, a run dir or a checkpoints dir."""
     directory = find_checkpoint(path)
+    verify_checkpoint(directory, required=False)  # checkpoints from elsewhere may have none
     config = read_model_config(directory)
     with torch.device("meta"):
         model = Transformer(config)

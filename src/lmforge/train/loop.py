@@ -28,6 +28,7 @@ from lmforge.models.moe import expert_load_metrics, moe_aux_loss, update_router_
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.dist import (
     DistInfo,
+    decided_by_main,
     elastic_restart_count,
     init_distributed,
     main_first,
@@ -48,8 +49,10 @@ from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.plot import plot_run
 from lmforge.train.run_checkpoint import (
     check_resumable,
+    latest_intact_checkpoint,
     restore_sharded,
     save_run_checkpoint,
+    step_checkpoints,
     weights_before_parallelize,
 )
 from lmforge.train.runtime import (
@@ -133,7 +136,7 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
     cfg = run.train
     out_dir = Path(cfg.out_dir)
     checkpoints = out_dir / "checkpoints"
-    has_checkpoint = (checkpoints / "last").exists()
+    has_checkpoint = bool(checkpoints.is_dir() and step_checkpoints(checkpoints))
     if elastic_restart_count() > 0 and has_checkpoint:
         resume = True  # torchrun restarted the group after a failure: continue, don't restart
     if has_checkpoint and not resume:
@@ -162,10 +165,9 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
     state, last = None, None
     if resume:
         if not has_checkpoint:
-            raise CheckpointError(
-                f"--resume: {out_dir} has no checkpoints/last; start without --resume"
-            )
-        last = (checkpoints / "last").resolve()
+            raise CheckpointError(f"--resume: {out_dir} has no checkpoints; start without --resume")
+        warn = tqdm.write if info.is_main else (lambda message: None)
+        last = decided_by_main(info, lambda: latest_intact_checkpoint(checkpoints, warn))
         state = check_resumable(run, last)
 
     model = Transformer(run.model).to(device)

@@ -9,6 +9,7 @@ Resume reads both back at whatever world size and strategy the new run uses.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import safetensors.torch
@@ -30,6 +31,29 @@ from lmforge.parallel.sharded_state import (
 )
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
+
+
+def step_checkpoints(checkpoints: Path) -> list[Path]:
+    """Finished step checkpoints (not staging directories), newest first."""
+    found = [p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")]
+    return sorted(found, reverse=True)
+
+
+def latest_intact_checkpoint(checkpoints: Path, warn: Callable[[str], None]) -> Path:
+    """The newest checkpoint that passes its manifest and can be resumed; a corrupt or
+    incomplete newer one is skipped with a warning (it is left on disk for inspection)."""
+    for candidate in step_checkpoints(checkpoints):
+        try:
+            ckpt.verify_checkpoint(candidate)
+            if not (candidate / ckpt.STATE_FILE).is_file():
+                raise CheckpointError(f"{candidate} has no {ckpt.STATE_FILE}")
+            return candidate
+        except CheckpointError as error:
+            warn(f"warning: not resuming from {candidate.name}: {error}")
+    raise CheckpointError(
+        f"--resume: {checkpoints} holds no intact checkpoint; start without --resume "
+        "in a new train.out_dir"
+    )
 
 
 def check_resumable(run: RunConfig, directory: Path) -> dict:
@@ -128,4 +152,5 @@ def consolidate_checkpoint(path: str | Path) -> Path:
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
     safetensors.torch.save_model(model, str(staging))
     os.replace(staging, directory / ckpt.MODEL_FILE)
+    ckpt.write_manifest(directory)
     return directory
