@@ -20,7 +20,7 @@ from typing import Annotated, Literal, Union
 import tyro
 
 from lmforge.config import RunConfig, load_run_config
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, TrainingError
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 
 
@@ -174,6 +174,12 @@ def run_train(command: TrainCommand) -> None:
 
     result = train(command.run, resume=command.resume, init_from=command.init_from)
     if not is_main_process():
+        return
+    if result.stopped_by:
+        print(
+            f"stopped by {result.stopped_by} at step {result.step}, after saving a checkpoint; "
+            f"continue with: lmforge train --config {result.out_dir / 'config.toml'} --resume"
+        )
         return
     # val_loss is None when --resume finds the run already at train.max_steps (nothing to do).
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as error:
         if is_main_process():  # every rank hits the same error; one line is enough
             print(f"error: {error}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(error, TrainingError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -139,6 +139,27 @@ class ParallelConfig:
 
 
 @dataclass
+class HealthConfig:
+    """What a step does when its loss or gradients go bad (see README, Reliability)."""
+
+    max_bad_steps: int = 3
+    """Consecutive steps with a non-finite loss or gradient norm (each one skipped) before
+    on_bad_steps acts."""
+    on_bad_steps: Literal["rollback", "stop"] = "rollback"
+    """rollback: reload the last checkpoint and scale the learning rate by rollback_lr_factor;
+    stop: end the run with a report of the step and the first non-finite gradient."""
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 2
+    """Stop instead of rolling back once this many rollbacks have happened."""
+    spike_window: int = 100
+    """Finite losses remembered for spike detection; 0 turns it off."""
+    spike_zscore: float = 6.0
+    """A loss this many standard deviations above the window's mean is a spike."""
+    skip_spikes: bool = False
+    """Skip the optimizer step on a spike too (by default spikes are only counted and logged)."""
+
+
+@dataclass
 class LoggingConfig:
     progress_bar: bool = True
     wandb: bool = False
@@ -155,6 +176,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -19,3 +19,7 @@ class DataError(LmforgeError):
 
 class CheckpointError(LmforgeError):
     """Missing, incomplete or incompatible checkpoint."""
+
+
+class TrainingError(LmforgeError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the message is the report."""

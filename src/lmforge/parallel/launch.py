@@ -15,7 +15,7 @@ import sys
 
 from lmforge.errors import ConfigError
 
-USER_ERROR = 2
+REPORTED = (2, 3)  # exit codes of errors the worker already reported in one line
 
 
 def launch(argv: list[str]) -> int:
@@ -42,7 +42,7 @@ def launch(argv: list[str]) -> int:
         run(args)
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
-        if failure.exitcode != USER_ERROR:
+        if failure.exitcode not in REPORTED:
             print(
                 f"error: lmforge {command} failed on rank {rank} (exit code {failure.exitcode}); "
                 "its output is above",

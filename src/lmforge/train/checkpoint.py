@@ -244,8 +244,14 @@ def read_model_config(directory: Path) -> ModelConfig:
 def load_weights(model: nn.Module, directory: Path) -> None:
     """Load model.safetensors into `model`, checking every shape against the file header first."""
     path = Path(directory) / MODEL_FILE
-    with safetensors.safe_open(str(path), framework="pt") as handle:
-        file_shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    try:  # the header alone: shapes are checked before any tensor is read or allocated
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            file_shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (safetensors.SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); it may be truncated: use "
+            "another checkpoint"
+        ) from None
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     mismatched = [k for k, shape in file_shapes.items() if k in expected and expected[k] != shape]
     if mismatched:
@@ -254,7 +260,12 @@ def load_weights(model: nn.Module, directory: Path) -> None:
             f"checkpoint {directory} does not fit this model: {key} is {file_shapes[key]} in the file "
             f"but {expected[key]} in the model; use the checkpoint's own model config"
         )
-    missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(path), strict=False)
+    except (safetensors.SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} could not be read ({error}); it may be truncated: use another checkpoint"
+        ) from None
     # Tied weights are stored once; their second name is legitimately absent from the file.
     tied = {"lm_head.weight", "token_embedding.weight"} if model.config.tie_embeddings else set()
     missing = [k for k in missing if k not in tied]

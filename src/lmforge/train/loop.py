@@ -9,6 +9,7 @@ the single-process checkpoint files; every rank writes its shard of the optimize
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from lmforge.config import RunConfig, dump_toml, to_dict
 from lmforge.data.loader import BatchLoader
 from lmforge.data.prepare import prepare
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.evals.loss import batch_loss
 from lmforge.models.counting import count_parameters, flops_per_token
 from lmforge.models.moe import expert_load_metrics, moe_aux_loss, update_router_biases
@@ -44,13 +45,24 @@ from lmforge.parallel.parallelize import (
 )
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.train import checkpoint as ckpt
+from lmforge.train.health import (
+    HEALTH_MESSAGES,
+    OK,
+    ROLLBACK,
+    SPIKE,
+    STOP,
+    LossHealth,
+    first_nonfinite_gradient,
+)
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.plot import plot_run
 from lmforge.train.run_checkpoint import (
     check_resumable,
     latest_intact_checkpoint,
+    reload_weights,
     restore_sharded,
+    rollback_checkpoint,
     save_run_checkpoint,
     step_checkpoints,
     weights_before_parallelize,
@@ -62,6 +74,7 @@ from lmforge.train.runtime import (
     peak_memory_bytes,
     synchronize,
 )
+from lmforge.train.signals import StopSignals
 
 
 @dataclass
@@ -70,6 +83,8 @@ class TrainResult:
     step: int
     losses: dict[int, float] = field(default_factory=dict)
     val_loss: float | None = None
+    stopped_by: str | None = None
+    """The signal (SIGTERM, SIGINT) that stopped the run early, after a checkpoint."""
 
 
 def resolve_vocab(run: RunConfig, tokenizer: Tokenizer) -> RunConfig:
@@ -126,13 +141,16 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
     info = init_distributed(
         run.train.device, run.parallel.backend, needs_process_group(run.parallel)
     )
-    try:
-        return _train(run, info, resume, init_from)
-    finally:
-        shutdown(info)
+    with StopSignals() as signals:
+        try:
+            return _train(run, info, resume, init_from, signals)
+        finally:
+            shutdown(info)
 
 
-def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) -> TrainResult:
+def _train(
+    run: RunConfig, info: DistInfo, resume: bool, init_from: str | None, signals: StopSignals
+) -> TrainResult:
     cfg = run.train
     out_dir = Path(cfg.out_dir)
     checkpoints = out_dir / "checkpoints"
@@ -203,15 +221,23 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
             info, lambda: load_hellaswag(cfg.hellaswag_data, cfg.hellaswag_limit)
         )
 
-    step, best_val, tokens_seen = 0, float("inf"), 0
-    if state is not None:
-        restore_sharded(last, model, optimizer, info)
+    health = LossHealth(run.health)
+
+    def restore(directory: Path, state: dict) -> tuple[int, float, int, float]:
+        """Optimizer, loader, RNG (and FSDP's model) from a checkpoint; returns the counters."""
+        restore_sharded(directory, model, optimizer, info)
         scaler.load_state_dict(state["scaler"])
         train_loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        step, best_val, tokens_seen = state["step"], state["best_val_loss"], state["tokens_seen"]
+        counters = ("step", "best_val_loss", "tokens_seen", "lr_scale")
+        return tuple(state[key] for key in counters)
+
+    step, best_val, tokens_seen, lr_scale = 0, float("inf"), 0, 1.0
+    if state is not None:
+        step, best_val, tokens_seen, lr_scale = restore(last, state)
+        health.load_state_dict(state["health"])
 
     logger = None
     if info.is_main:
@@ -243,6 +269,8 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
             "step": step,
             "best_val_loss": best_val,
             "tokens_seen": tokens_seen,
+            "lr_scale": lr_scale,
+            "health": health.state_dict(),
             "world_size": info.world_size,
             "run_config": to_dict(run),
         }
@@ -268,9 +296,10 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
     loss_sum = torch.zeros((), device=device)
     model.train()
     while step < cfg.max_steps:
-        lr = lr_at(step, cfg.max_steps, run.optim)
+        lr = lr_scale * lr_at(step, cfg.max_steps, run.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        step_loss = torch.zeros((), device=device)
         for micro in range(accumulation):
             batch = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
             with parallel.gradient_sync(micro == accumulation - 1):
@@ -278,13 +307,42 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
                 balance = moe_aux_loss(model)  # MoE load-balancing loss (already weighted)
                 objective = loss if balance is None else loss + balance
                 scaler.scale(objective / accumulation).backward()
-            loss_sum += loss.detach() / accumulation
+            step_loss += loss.detach() / accumulation
         scaler.unscale_(optimizer)
         grad_norm = clip_gradients(model, max_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        update_router_biases(model)  # auxiliary-loss-free MoE balancing (no-op otherwise)
+        # One collective a step: the loss summed over ranks, and whether any rank was signalled.
+        signalled = torch.tensor(float(signals.received is not None), device=device)
+        status = sum_over_ranks(torch.stack([step_loss.float(), signalled]), info).tolist()
+        step_mean_loss, stop_requested = status[0] / info.world_size, status[1] > 0
+        # fp16's GradScaler handles overflowing gradients itself (it skips and rescales).
+        verdict = health.assess(step_mean_loss, 0.0 if scaler.is_enabled() else grad_norm.item())
+        if verdict in (OK, SPIKE):
+            scaler.step(optimizer)
+            scaler.update()
+            update_router_biases(model)  # auxiliary-loss-free MoE balancing (no-op otherwise)
+        if verdict != OK:
+            say(
+                f"step {step + 1:>6}/{cfg.max_steps} | loss {step_mean_loss:.4g} | grad "
+                f"{grad_norm.item():.4g} | {HEALTH_MESSAGES[verdict]} ({health.metrics()})"
+            )
+        if verdict == STOP:
+            raise TrainingError(health.report(step + 1, first_nonfinite_gradient(model), lr))
         optimizer.zero_grad(set_to_none=True)
+        if verdict == ROLLBACK:
+            directory = decided_by_main(
+                info, functools.partial(rollback_checkpoint, checkpoints, step + 1, say)
+            )
+            step, best_val, tokens_seen, _ = restore(directory, ckpt.load_train_state(directory))
+            reload_weights(model, directory)
+            health.rolled_back()
+            lr_scale *= run.health.rollback_lr_factor
+            say(f"rolled back to {directory.name}; learning rate now x{lr_scale:g}")
+            loss_sum.zero_()
+            window_start, window_tokens, paused = time.perf_counter(), 0, 0.0
+            bar.reset(total=cfg.max_steps)
+            bar.update(step)
+            continue
+        loss_sum += step_loss
         step += 1
         tokens_seen += cfg.batch_tokens
         window_tokens += cfg.batch_tokens
@@ -297,15 +355,19 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
             mean_loss = mean_over_ranks(loss_sum / steps_in_window, info).item()
             tokens_per_s = window_tokens / elapsed
             mfu = flops_token * tokens_per_s / peak
-            metrics = {
-                "loss": mean_loss,
-                "lr": lr,
-                "grad_norm": grad_norm.item(),
-                "tokens_per_s": tokens_per_s,
-                "mfu": mfu,
-                "tokens": tokens_seen,
-                "peak_memory_gib": peak_memory_bytes(device) / 2**30,
-            } | expert_load_metrics(model)
+            metrics = (
+                {
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm.item(),
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": mfu,
+                    "tokens": tokens_seen,
+                    "peak_memory_gib": peak_memory_bytes(device) / 2**30,
+                }
+                | health.metrics()
+                | expert_load_metrics(model)
+            )
             result.losses[step] = mean_loss
             if logger is not None:
                 logger.log(step, metrics)
@@ -335,6 +397,11 @@ def _train(run: RunConfig, info: DistInfo, resume: bool, init_from: str | None) 
             best_val = min(best_val, last_val) if last_val is not None else best_val
             save(is_best)
         paused += time.perf_counter() - pause_start
+        if stop_requested:
+            if not is_checkpoint:
+                save(is_best=False)
+            result.stopped_by = signals.received or "a signal on another rank"
+            break
 
     bar.close()
     if logger is not None:

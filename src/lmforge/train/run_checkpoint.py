@@ -9,6 +9,7 @@ Resume reads both back at whatever world size and strategy the new run uses.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from lmforge.config import RunConfig
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.dist import DistInfo, barrier
 from lmforge.parallel.parallelize import ParallelModel
@@ -54,6 +55,23 @@ def latest_intact_checkpoint(checkpoints: Path, warn: Callable[[str], None]) -> 
         f"--resume: {checkpoints} holds no intact checkpoint; start without --resume "
         "in a new train.out_dir"
     )
+
+
+def rollback_checkpoint(checkpoints: Path, step: int, warn: Callable[[str], None]) -> Path:
+    """Where the loss-health policy rolls back to: the newest intact checkpoint."""
+    if not (checkpoints.is_dir() and step_checkpoints(checkpoints)):
+        raise TrainingError(
+            f"training stopped at step {step}: the loss stayed non-finite and there is no "
+            "checkpoint to roll back to yet; lower optim.lr or raise optim.warmup_steps"
+        )
+    return latest_intact_checkpoint(checkpoints, warn)
+
+
+def reload_weights(model: nn.Module, directory: Path) -> None:
+    """Rollback: model.safetensors into the (unsharded) training model, unless the sharded
+    state held the model (FSDP), which `restore_sharded` has loaded already."""
+    if not holds_model(directory / SHARDED_DIR):
+        ckpt.load_weights(model, directory)
 
 
 def check_resumable(run: RunConfig, directory: Path) -> dict:
@@ -101,8 +119,48 @@ def save_run_checkpoint(
     train_state: dict,
     is_best: bool,
 ) -> None:
-    """Collective: every rank calls it. Staged under step-N.tmp, renamed when complete."""
+    """Collective: every rank calls it. Staged under step-N.tmp, renamed when complete; a
+    failed write (e.g. a full disk) removes the staging directory and leaves the earlier
+    checkpoints and `last` as they were."""
     name = f"step-{step:07d}"
+    staging = checkpoints / (name + ".tmp")
+    try:
+        _save(
+            checkpoints,
+            name,
+            parallel,
+            optimizer,
+            tokenizer,
+            run,
+            info,
+            summary,
+            train_state,
+            is_best,
+        )
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        previous = (
+            (checkpoints / "last").resolve().name if (checkpoints / "last").exists() else None
+        )
+        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"could not write checkpoint {name} ({error.strerror or error}); {kept}; free disk "
+            "space (or move train.out_dir) and run again with --resume"
+        ) from None
+
+
+def _save(
+    checkpoints: Path,
+    name: str,
+    parallel: ParallelModel,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Tokenizer,
+    run: RunConfig,
+    info: DistInfo,
+    summary: dict,
+    train_state: dict,
+    is_best: bool,
+) -> None:
     directory = checkpoints / name
     staging = directory.with_name(name + ".tmp")
     if info.is_main:
