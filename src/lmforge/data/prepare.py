@@ -217,7 +217,7 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
     except DataError:
         if not (staging / PROGRESS).is_file():  # nothing worth resuming: leave no trace
             shutil.rmtree(staging, ignore_errors=True)
-            if not parent_existed and not any(staging.parent.iterdir()):
+            if not parent_existed and staging.parent.is_dir() and not any(staging.parent.iterdir()):
                 staging.parent.rmdir()
         raise
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -299,4 +300,14 @@ def load_train_state(directory: Path) -> dict:
             f"{directory} has no {STATE_FILE}, so it cannot be resumed; "
             "start a new run from its weights with --init_from instead"
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise CheckpointError(
+            f"{path} was refused by torch.load(weights_only=True) ({first_line[:160]}); it holds "
+            "more than tensors and plain data, so it was not unpickled: resume from a "
+            "checkpoint you made"
+        ) from None
