@@ -371,9 +371,9 @@ def run_presets(command: PresetsCommand) -> None:
 
 COMMANDS: dict[str, tuple[type, Callable]] = {
     "train": (TrainCommand, run_train),
+    "prepare": (PrepareCommand, run_prepare),
     "finetune": (FinetuneCommand, run_finetune),
     "merge": (MergeCommand, run_merge),
-    "prepare": (PrepareCommand, run_prepare),
     "sample": (SampleCommand, run_sample),
     "chat": (ChatCommand, run_chat),
     "eval": (EvalCommand, run_eval),
