@@ -29,6 +29,11 @@ def build_objective(run: FinetuneRunConfig) -> tuple[FinetuneRunConfig, Objectiv
                 "finetune distill needs a teacher; set finetune.teacher to a checkpoint, .gguf "
                 "file or HF dir"
             )
+        if cfg.lora.enabled and start is None:
+            raise ConfigError(
+                "finetune distill with LoRA needs the student's base weights in "
+                "finetune.init_from (adapters are merged onto them); or switch LoRA off"
+            )
         teacher = load_pretrained(cfg.teacher)
         if start is not None:
             check_vocab(start[0].vocab_size, teacher[0].vocab_size, f"{cfg.init_from}'s vocab")
