@@ -152,7 +152,9 @@ def test_invalid_toml_and_unknown_config_name(tmp_path):
     path.write_text("[train\nmax_steps = 3\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_run_config(str(path))
-    with pytest.raises(ConfigError, match="neither a file nor a shipped config.*quickstart, tiny"):
+    with pytest.raises(
+        ConfigError, match="neither a file nor a shipped config.*quickstart.*sft-smollm2.*tiny"
+    ):
         load_run_config("no-such-config")
 
 

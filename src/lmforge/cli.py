@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Union
 
 import tyro
 
-from lmforge.config import RunConfig, load_run_config
+from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 
@@ -35,6 +35,43 @@ class TrainCommand:
     """Continue the run in train.out_dir from its last checkpoint, exactly."""
     init_from: str | None = None
     """Start a new run from the weights of this checkpoint (or run) directory."""
+    start_step: int | None = None
+    """Set the step counter (learning-rate schedule, train.max_steps) of the resumed or new run."""
+    reset_optimizer: bool = False
+    """With --resume: restore weights, data position and step, but start a fresh optimizer."""
+
+
+@dataclass
+class FinetuneCommand:
+    """Finetune a model: sft, dpo or distill, optionally with LoRA (the train loop and its flags)."""
+
+    method: tyro.conf.Positional[Literal["sft", "dpo", "distill", None]] = None
+    """sft, dpo or distill; default: the config's finetune.method."""
+    run: Annotated[FinetuneRunConfig, tyro.conf.arg(name="")] = field(
+        default_factory=FinetuneRunConfig
+    )
+    config: str | None = None
+    """TOML run config with a [finetune] section: a path or a shipped name (sft-smollm2, ...)."""
+    init_from: str | None = None
+    """Starting weights (sets finetune.init_from): checkpoint or run dir, .gguf file or HF dir."""
+    resume: bool = False
+    """Continue the run in train.out_dir from its last checkpoint, exactly."""
+    start_step: int | None = None
+    """Set the step counter (learning-rate schedule, train.max_steps) of the resumed or new run."""
+    reset_optimizer: bool = False
+    """With --resume: restore weights, data position and step, but start a fresh optimizer."""
+
+
+@dataclass
+class MergeCommand:
+    """Fold a LoRA run's adapters into its base weights: a full checkpoint for sample/export."""
+
+    checkpoint: tyro.conf.Positional[str]
+    """LoRA checkpoint directory, or a LoRA run directory (uses its last checkpoint)."""
+    out: str
+    """Checkpoint directory to create (must not exist, or be empty)."""
+    base: str | None = None
+    """Base weights (checkpoint, .gguf or HF dir); default: the path the adapters recorded."""
 
 
 @dataclass
@@ -172,7 +209,13 @@ class EvalCommand:
 def run_train(command: TrainCommand) -> None:
     from lmforge.train.loop import train
 
-    result = train(command.run, resume=command.resume, init_from=command.init_from)
+    result = train(
+        command.run,
+        resume=command.resume,
+        init_from=command.init_from,
+        start_step=command.start_step,
+        reset_optimizer=command.reset_optimizer,
+    )
     if not is_main_process():
         return
     if result.stopped_by:
@@ -185,6 +228,47 @@ def run_train(command: TrainCommand) -> None:
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"done: step {result.step}, val loss {val}; run dir {result.out_dir}")
     print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
+
+
+def run_finetune(command: FinetuneCommand) -> None:
+    from lmforge.finetune.run import finetune
+
+    run = command.run
+    settings = {"method": command.method} if command.method else {}
+    if command.init_from:
+        settings["init_from"] = command.init_from
+    run = dataclasses.replace(run, finetune=dataclasses.replace(run.finetune, **settings))
+    result = finetune(run, command.resume, command.start_step, command.reset_optimizer)
+    if not is_main_process():
+        return
+    if result.stopped_by:
+        print(
+            f"stopped by {result.stopped_by} at step {result.step}, after saving a checkpoint; "
+            f"continue with the same command plus --resume"
+        )
+        return
+    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
+    print(f"done: step {result.step}, val loss {val}; run dir {result.out_dir}")
+    if run.finetune.lora.enabled:
+        print(f"merge the adapters for sample/export: lmforge merge {result.out_dir} --out DIR")
+
+
+def run_merge(command: MergeCommand) -> None:
+    from lmforge.finetune.adapters import merge_checkpoint
+
+    path = merge_checkpoint(command.checkpoint, command.out, command.base)
+    print(f"merged {command.checkpoint} -> {path}")
+
+
+def refuse_adapters(path: str) -> None:
+    from lmforge.finetune.adapters import refuse_adapter_checkpoint
+
+    refuse_adapter_checkpoint(path)
+
+
+def run_export_full(command: ExportCommand) -> None:
+    refuse_adapters(command.checkpoint)
+    run_export(command)
 
 
 def run_consolidate(command: ConsolidateCommand) -> None:
@@ -208,12 +292,14 @@ def run_prepare(command: PrepareCommand) -> None:
 def run_sample(command: SampleCommand) -> None:
     from lmforge.sample import sample
 
+    refuse_adapters(command.checkpoint)
     sample(command)
 
 
 def run_chat(command: ChatCommand) -> None:
     from lmforge.chat import chat
 
+    refuse_adapters(command.checkpoint)
     chat(command)
 
 
@@ -221,6 +307,7 @@ def run_eval(command: EvalCommand) -> None:
     import json
 
     task = command.task
+    refuse_adapters(task.checkpoint)
     if isinstance(task, LossEval):
         from lmforge.evals.loss import evaluate_checkpoint_loss
 
@@ -297,24 +384,26 @@ def run_presets(command: PresetsCommand) -> None:
 COMMANDS: dict[str, tuple[type, Callable]] = {
     "train": (TrainCommand, run_train),
     "prepare": (PrepareCommand, run_prepare),
+    "finetune": (FinetuneCommand, run_finetune),
+    "merge": (MergeCommand, run_merge),
     "sample": (SampleCommand, run_sample),
     "chat": (ChatCommand, run_chat),
     "eval": (EvalCommand, run_eval),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
     "convert": (ConvertCommand, run_convert),
-    "export": (ExportCommand, run_export),
+    "export": (ExportCommand, run_export_full),
     "consolidate": (ConsolidateCommand, run_consolidate),
 }
 
 
-def _config_defaults(args: list[str]) -> RunConfig:
+def _config_defaults(args: list[str], cls: type = RunConfig) -> RunConfig:
     """The TOML file and model preset are read before tyro parses the remaining overrides."""
     scan = argparse.ArgumentParser(add_help=False)
     scan.add_argument("--config")
     scan.add_argument("--model.preset", "--model-preset", dest="preset")
     known, _ = scan.parse_known_args(args)
-    return load_run_config(known.config, known.preset)
+    return load_run_config(known.config, known.preset, cls)
 
 
 def _one_line(text: str) -> str:
@@ -330,8 +419,10 @@ def _one_line(text: str) -> str:
 
 def parse(command_type: type, args: list[str], prog: str):
     default = None
-    if "run" in {f.name for f in dataclasses.fields(command_type)}:
-        default = command_type(run=_config_defaults(args))
+    run_field = {f.name: f for f in dataclasses.fields(command_type)}.get("run")
+    if run_field is not None:
+        run_type = FinetuneRunConfig if "FinetuneRunConfig" in str(run_field.type) else RunConfig
+        default = command_type(run=_config_defaults(args, run_type))
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):

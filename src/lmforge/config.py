@@ -113,6 +113,11 @@ class TrainConfig:
     """Evaluate on the first this many HellaSwag validation examples."""
     hellaswag_data: str | None = None
     """HellaSwag file (jsonl or llama.cpp text format); None downloads the validation jsonl."""
+    early_stopping_patience: int = 0
+    """Stop (with a final checkpoint) after this many evaluations without a new best val loss;
+    0 never stops early."""
+    eval_at_start: bool = False
+    """Also evaluate before the first step (the starting model's val metrics, logged at step 0)."""
 
 
 @dataclass
@@ -180,6 +185,73 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA): W x + (alpha / rank) * B A dropout(x), with only A and B trained."""
+
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("attn.qkv", "attn.out")
+    """Linear layers to adapt, by module name: globs over the full name (`layers.*.attn.qkv`),
+    where a pattern also matches as a dotted suffix (`attn.qkv`, `ffn.up`), or `re:<regex>`."""
+
+    def __post_init__(self) -> None:
+        # TOML gives a list; keep a tuple so that a dumped and reloaded config compares equal.
+        if isinstance(self.targets, str) or not all(isinstance(t, str) for t in self.targets):
+            raise ConfigError(
+                f"finetune.lora.targets must be a list of strings, got {self.targets!r}"
+            )
+        self.targets = tuple(self.targets)
+
+
+@dataclass
+class FinetuneConfig:
+    """`lmforge finetune sft|dpo|distill`: data, objective and model transform."""
+
+    method: Literal["sft", "dpo", "distill"] = "sft"
+    init_from: str | None = None
+    """Starting weights: an lmforge checkpoint or run dir, a .gguf file or a Hugging Face model
+    dir (read in memory; the model config and tokenizer come from it). distill: the teacher's
+    tokenizer is used and this is optional."""
+    data: str = ""
+    """Training records: .json (array), .jsonl or .jsonl.gz."""
+    data_format: Literal[
+        "auto", "alpaca", "messages", "sharegpt", "hh", "sharegpt-pairs", "message-pairs"
+    ] = "auto"
+    """Record layout; auto detects it from the first record's keys."""
+    val_data: str | None = None
+    """Held-out records; None holds out val_fraction of `data`."""
+    val_fraction: float = 0.05
+    val_max_examples: int = 200
+    """At most this many held-out examples (a small, fixed val set)."""
+    template: str | None = None
+    """Chat template: a built-in name (chatml, llama3, llama2, alpaca) or Jinja source; None uses
+    the tokenizer's own."""
+    packing: bool = False
+    """SFT/distill: pack several examples per row, each attending only to itself."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    dpo_beta: float = 0.1
+    """DPO: strength of the implicit KL constraint to the reference model."""
+    teacher: str | None = None
+    """distill: teacher checkpoint/run dir, .gguf file or HF dir."""
+    temperature: float = 2.0
+    """distill: softmax temperature of the KL term (which is scaled by T^2)."""
+    distill_alpha: float = 0.5
+    """distill: loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE."""
+    student_layers: int = 0
+    """distill: >0 makes the student the teacher's config with this many layers; 0 uses [model]."""
+    student_init: Literal["teacher", "random"] = "teacher"
+    """distill with student_layers: copy embeddings, final norm and evenly spaced layers from the
+    teacher, or start from a random init."""
+
+
+@dataclass
+class FinetuneRunConfig(RunConfig):
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
 def resolve_config_path(name_or_path: str) -> Path:
     """A TOML path, or the name of a config shipped with lmforge (e.g. `quickstart`)."""
     path = Path(name_or_path)
@@ -195,7 +267,9 @@ def resolve_config_path(name_or_path: str) -> Path:
     )
 
 
-def load_run_config(name_or_path: str | None, preset: str | None = None) -> RunConfig:
+def load_run_config(
+    name_or_path: str | None, preset: str | None = None, cls: type = RunConfig
+) -> RunConfig:
     """Defaults, then the model preset (from `preset` or the file's model.preset), then the file.
 
     An explicit `preset` (the --model.preset flag) replaces the file's [model] table instead.
@@ -209,10 +283,12 @@ def load_run_config(name_or_path: str | None, preset: str | None = None) -> RunC
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path} is not valid TOML ({error}); fix the syntax") from None
-    return config_from_dict(data, source, preset)
+    return config_from_dict(data, source, preset, cls)
 
 
-def config_from_dict(data: dict, source: str = "config", preset: str | None = None) -> RunConfig:
+def config_from_dict(
+    data: dict, source: str = "config", preset: str | None = None, cls: type = RunConfig
+) -> RunConfig:
     """A preset passed explicitly (from --model.preset) replaces the file's whole [model] table."""
     model_data = {} if preset else data.get("model", {})
     if not isinstance(model_data, dict):
@@ -223,7 +299,7 @@ def config_from_dict(data: dict, source: str = "config", preset: str | None = No
         if not isinstance(preset, str):
             raise ConfigError(f"{source}: model.preset must be str, got {preset!r}")
         model_data = preset_fields(preset) | model_data | {"preset": preset}
-    return from_dict(RunConfig, {**data, "model": model_data}, source)
+    return from_dict(cls, {**data, "model": model_data}, source)
 
 
 def from_dict(cls: type, data: dict, source: str, prefix: str = "") -> Any:

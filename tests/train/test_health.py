@@ -11,10 +11,10 @@ from conftest import tiny_run
 
 from lmforge.config import HealthConfig
 from lmforge.errors import TrainingError
-from lmforge.train import loop
 from lmforge.train.health import OK, ROLLBACK, SKIP, SPIKE, STOP, LossHealth
 from lmforge.train.loop import train
 from lmforge.train.metrics import read_metrics
+from lmforge.train.objective import PretrainObjective
 
 NAN = float("nan")
 
@@ -50,15 +50,13 @@ def test_spikes_can_be_skipped_and_detection_switched_off():
 def inject_nan(monkeypatch, bad_calls: set[int]) -> None:
     """Make the loss (and so every gradient) NaN on the given training micro-batches (0-based)."""
     calls = iter(range(10**6))
-    original = loop.batch_loss
+    original = PretrainObjective.loss
 
-    def batch_loss(model, batch, autocast):
-        loss = original(model, batch, autocast)
-        if not model.training:  # evaluation stays clean
-            return loss
-        return loss * NAN if next(calls) in bad_calls else loss
+    def loss(self, forward, batch, autocast):
+        value = original(self, forward, batch, autocast)
+        return value * NAN if next(calls) in bad_calls else value
 
-    monkeypatch.setattr(loop, "batch_loss", batch_loss)
+    monkeypatch.setattr(PretrainObjective, "loss", loss)
 
 
 def health_run(tmp_path, corpus_file, byte_data_dir, **health):

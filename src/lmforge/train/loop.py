@@ -16,14 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from lmforge.config import RunConfig, dump_toml, to_dict
-from lmforge.data.loader import BatchLoader
-from lmforge.data.prepare import prepare
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
-from lmforge.evals.loss import batch_loss
 from lmforge.models.counting import count_parameters, flops_per_token
 from lmforge.models.moe import expert_load_metrics, moe_aux_loss, update_router_biases
 from lmforge.models.transformer import Transformer
@@ -43,8 +39,9 @@ from lmforge.parallel.parallelize import (
     needs_process_group,
     parallelize,
 )
-from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
+from lmforge.train.early_stopping import EarlyStopping
 from lmforge.train.health import (
     HEALTH_MESSAGES,
     OK,
@@ -55,6 +52,7 @@ from lmforge.train.health import (
     first_nonfinite_gradient,
 )
 from lmforge.train.metrics import MetricsLogger
+from lmforge.train.objective import Objective, PretrainObjective
 from lmforge.train.optim import build_optimizer, lr_at
 from lmforge.train.plot import plot_run
 from lmforge.train.run_checkpoint import (
@@ -112,26 +110,17 @@ def accumulation_steps(run: RunConfig, seq_len: int, world_size: int = 1) -> int
     return run.train.batch_tokens // per_step
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: BatchLoader, batches: int, autocast, info: DistInfo
-) -> float:
-    """Mean loss over val batches 0 .. batches-1 (the same every time), split over the ranks.
-
-    Every rank runs the same number of forward passes (FSDP gathers weights collectively), so
-    a rank with nothing left repeats a batch and does not count it."""
-    model.eval()
-    total = torch.zeros((), device=loader.device)
-    for first in range(0, batches, info.world_size):
-        number = first + info.rank
-        loss = batch_loss(model, loader.batch_at(number % batches), autocast)
-        if number < batches:
-            total += loss
-    model.train()
-    return (sum_over_ranks(total, info) / batches).item()
-
-
-def train(run: RunConfig, resume: bool = False, init_from: str | None = None) -> TrainResult:
+def train(
+    run: RunConfig,
+    resume: bool = False,
+    init_from: str | None = None,
+    objective: Objective | None = None,
+    start_step: int | None = None,
+    reset_optimizer: bool = False,
+) -> TrainResult:
+    """objective: what to train on and for (default: pretraining on run.data). start_step sets
+    the step counter (schedule, end) of a resumed or new run; reset_optimizer resumes without the
+    optimizer state."""
     if resume and init_from:
         raise ConfigError("--resume and --init_from exclude each other; use one")
     if run.train.max_steps <= 0:
@@ -141,15 +130,25 @@ def train(run: RunConfig, resume: bool = False, init_from: str | None = None) ->
     info = init_distributed(
         run.train.device, run.parallel.backend, needs_process_group(run.parallel)
     )
+    objective = objective or PretrainObjective()
     with StopSignals() as signals:
         try:
-            return _train(run, info, resume, init_from, signals)
+            return _train(
+                run, info, resume, init_from, objective, start_step, reset_optimizer, signals
+            )
         finally:
             shutdown(info)
 
 
 def _train(
-    run: RunConfig, info: DistInfo, resume: bool, init_from: str | None, signals: StopSignals
+    run: RunConfig,
+    info: DistInfo,
+    resume: bool,
+    init_from: str | None,
+    objective: Objective,
+    start_step: int | None,
+    reset_optimizer: bool,
+    signals: StopSignals,
 ) -> TrainResult:
     cfg = run.train
     out_dir = Path(cfg.out_dir)
@@ -168,8 +167,7 @@ def _train(
     torch.manual_seed(cfg.seed)
 
     progress = run.logging.progress_bar and info.is_main
-    data_dir = main_first(info, lambda: prepare(run.data, progress=progress))
-    tokenizer = load_tokenizer(data_dir)
+    tokenizer = objective.prepare(run, info, progress)
     run = resolve_vocab(run, tokenizer)
     run.model.validate()
     seq_len = cfg.seq_len or run.model.context_length
@@ -191,28 +189,15 @@ def _train(
     model = Transformer(run.model).to(device)
     if init_from:
         ckpt.load_weights(model, ckpt.find_checkpoint(init_from))
+    objective.transform(model)  # e.g. finetuning's starting weights and LoRA adapters
     if last is not None:
-        weights_before_parallelize(model, last)
+        weights_before_parallelize(model, last, whole_file=reset_optimizer)
     parallel = parallelize(model, run.parallel, info, cfg.dtype, cfg.compile)
     optimizer = build_optimizer(
         model, run.optim, device, shard_over_ranks=run.parallel.strategy == "zero1"
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
-    sampling = {"sampling": run.data.sampling, "document_masking": run.data.document_masking}
-    train_loader = BatchLoader(
-        data_dir,
-        "train",
-        cfg.micro_batch_size,
-        seq_len,
-        cfg.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=device,
-        **sampling,
-    )
-    val_loader = BatchLoader(
-        data_dir, "val", cfg.micro_batch_size, seq_len, cfg.seed, device=device, **sampling
-    )
+    train_loader, val_loader = objective.loaders(run, info, seq_len, device)
     hellaswag = None
     if cfg.hellaswag_interval > 0:  # read (or download) it now: a bad file fails before training
         from lmforge.evals.hellaswag import load_hellaswag
@@ -222,11 +207,13 @@ def _train(
         )
 
     health = LossHealth(run.health)
+    early_stopping = EarlyStopping(cfg.early_stopping_patience)
 
-    def restore(directory: Path, state: dict) -> tuple[int, float, int, float]:
+    def restore(directory: Path, state: dict, optimizer_too: bool = True) -> tuple:
         """Optimizer, loader, RNG (and FSDP's model) from a checkpoint; returns the counters."""
-        restore_sharded(directory, model, optimizer, info)
-        scaler.load_state_dict(state["scaler"])
+        if optimizer_too:
+            restore_sharded(directory, model, optimizer, info)
+            scaler.load_state_dict(state["scaler"])
         train_loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
@@ -236,8 +223,12 @@ def _train(
 
     step, best_val, tokens_seen, lr_scale = 0, float("inf"), 0, 1.0
     if state is not None:
-        step, best_val, tokens_seen, lr_scale = restore(last, state)
+        step, best_val, tokens_seen, lr_scale = restore(last, state, not reset_optimizer)
         health.load_state_dict(state["health"])
+        if "early_stopping" in state:
+            early_stopping.load_state_dict(state["early_stopping"])
+    if start_step is not None:
+        step = start_step
 
     logger = None
     if info.is_main:
@@ -271,6 +262,7 @@ def _train(
             "tokens_seen": tokens_seen,
             "lr_scale": lr_scale,
             "health": health.state_dict(),
+            "early_stopping": early_stopping.state_dict(),
             "world_size": info.world_size,
             "run_config": to_dict(run),
         }
@@ -285,7 +277,17 @@ def _train(
             summary,
             train_state,
             is_best,
+            write_weights=objective.write_weights,
         )
+
+    def run_evaluation() -> float:
+        metrics = objective.evaluate(parallel.forward, val_loader, cfg.eval_batches, autocast, info)
+        parallel.reshard()
+        if logger is not None:
+            logger.log(step, metrics)
+        extra = "".join(f" | {k} {v:.4f}" for k, v in metrics.items() if k != "val_loss")
+        say(f"step {step:>6}/{cfg.max_steps} | val loss {metrics['val_loss']:.4f}{extra}")
+        return metrics["val_loss"]
 
     result = TrainResult(out_dir, step)
     last_val = None
@@ -294,6 +296,9 @@ def _train(
     )
     window_start, window_tokens, paused = time.perf_counter(), 0, 0.0
     loss_sum = torch.zeros((), device=device)
+    if cfg.eval_at_start and step == 0:
+        last_val = run_evaluation()
+        early_stopping.update(last_val)
     model.train()
     while step < cfg.max_steps:
         lr = lr_scale * lr_at(step, cfg.max_steps, run.optim)
@@ -303,10 +308,10 @@ def _train(
         for micro in range(accumulation):
             batch = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()
             with parallel.gradient_sync(micro == accumulation - 1):
-                loss = batch_loss(parallel.forward, batch, autocast)
+                loss = objective.loss(parallel.forward, batch, autocast)
                 balance = moe_aux_loss(model)  # MoE load-balancing loss (already weighted)
-                objective = loss if balance is None else loss + balance
-                scaler.scale(objective / accumulation).backward()
+                minimised = loss if balance is None else loss + balance
+                scaler.scale(minimised / accumulation).backward()
             step_loss += loss.detach() / accumulation
         scaler.unscale_(optimizer)
         grad_norm = clip_gradients(model, max_norm)
@@ -367,6 +372,7 @@ def _train(
                 }
                 | health.metrics()
                 | expert_load_metrics(model)
+                | objective.train_metrics(info)
             )
             result.losses[step] = mean_loss
             if logger is not None:
@@ -383,12 +389,13 @@ def _train(
         is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
         is_checkpoint = step % cfg.checkpoint_interval == 0 or step == cfg.max_steps
         pause_start = time.perf_counter()  # eval and saving are not charged to throughput
+        stop_early = False
         if is_eval:
-            last_val = evaluate(parallel.forward, val_loader, cfg.eval_batches, autocast, info)
-            parallel.reshard()
-            if logger is not None:
-                logger.log(step, {"val_loss": last_val})
-            say(f"step {step:>6}/{cfg.max_steps} | val loss {last_val:.4f}")
+            last_val = run_evaluation()
+            stop_early = early_stopping.update(last_val)
+            if stop_early:
+                say(f"early stop: no better val loss in {cfg.early_stopping_patience} evaluations")
+                is_checkpoint = True
         if hellaswag and (step % cfg.hellaswag_interval == 0 or step == cfg.max_steps):
             run_hellaswag(model, tokenizer, hellaswag, cfg, info, parallel.fsdp, logger, step, say)
             parallel.reshard()
@@ -401,6 +408,8 @@ def _train(
             if not is_checkpoint:
                 save(is_best=False)
             result.stopped_by = signals.received or "a signal on another rank"
+            break
+        if stop_early:
             break
 
     bar.close()

@@ -32,6 +32,7 @@ from lmforge.parallel.sharded_state import (
 )
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
+from lmforge.train.objective import WeightsWriter
 
 
 def step_checkpoints(checkpoints: Path) -> list[Path]:
@@ -68,10 +69,10 @@ def rollback_checkpoint(checkpoints: Path, step: int, warn: Callable[[str], None
 
 
 def reload_weights(model: nn.Module, directory: Path) -> None:
-    """Rollback: model.safetensors into the (unsharded) training model, unless the sharded
-    state held the model (FSDP), which `restore_sharded` has loaded already."""
-    if not holds_model(directory / SHARDED_DIR):
-        ckpt.load_weights(model, directory)
+    """Rollback: the checkpoint's weights into the training model (in place, so also under DDP
+    and ZeRO-1): model.safetensors, or a LoRA checkpoint's adapters; FSDP's sharded model was
+    loaded by `restore_sharded` already."""
+    weights_before_parallelize(model, directory)
 
 
 def check_resumable(run: RunConfig, directory: Path) -> dict:
@@ -94,10 +95,18 @@ def check_resumable(run: RunConfig, directory: Path) -> dict:
     return state
 
 
-def weights_before_parallelize(model: nn.Module, directory: Path) -> None:
+def weights_before_parallelize(model: nn.Module, directory: Path, whole_file: bool = False) -> None:
     """Load model.safetensors into the plain model, unless the sharded state holds the model
-    (FSDP), which is loaded after sharding by `restore_sharded`."""
-    if not holds_model(directory / SHARDED_DIR):
+    (FSDP), which is loaded after sharding by `restore_sharded`. whole_file: from
+    model.safetensors even then (resuming without the sharded state). A LoRA checkpoint holds
+    only adapters: they go onto the model, whose base weights are already in place."""
+    from lmforge.finetune.adapters import is_adapter_checkpoint, load_adapter_weights
+
+    if is_adapter_checkpoint(directory):
+        load_adapter_weights(model, directory)
+    elif whole_file:
+        ckpt.load_weights(model, ckpt.find_checkpoint(directory))
+    elif not holds_model(directory / SHARDED_DIR):
         ckpt.load_weights(model, directory)
 
 
@@ -118,10 +127,12 @@ def save_run_checkpoint(
     summary: dict,
     train_state: dict,
     is_best: bool,
+    write_weights: WeightsWriter | None = None,
 ) -> None:
     """Collective: every rank calls it. Staged under step-N.tmp, renamed when complete; a
     failed write (e.g. a full disk) removes the staging directory and leaves the earlier
-    checkpoints and `last` as they were."""
+    checkpoints and `last` as they were. write_weights replaces the full model.safetensors
+    (LoRA: adapters only)."""
     name = f"step-{step:07d}"
     staging = checkpoints / (name + ".tmp")
     try:
@@ -136,6 +147,7 @@ def save_run_checkpoint(
             summary,
             train_state,
             is_best,
+            write_weights,
         )
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -160,6 +172,7 @@ def _save(
     summary: dict,
     train_state: dict,
     is_best: bool,
+    write_weights: WeightsWriter | None,
 ) -> None:
     directory = checkpoints / name
     staging = directory.with_name(name + ".tmp")
@@ -174,7 +187,12 @@ def _save(
     elif run.parallel.consolidate:
         weights = full_model_state(model, info, sharded=True)
     if info.is_main:
-        ckpt.write_checkpoint_files(staging, run.model, weights, tokenizer, summary, train_state)
+        files_weights = weights if write_weights is None else None
+        ckpt.write_checkpoint_files(
+            staging, run.model, files_weights, tokenizer, summary, train_state
+        )
+        if write_weights is not None and weights is not None:
+            write_weights(staging, weights)
         ckpt.commit_checkpoint(staging, directory)
         ckpt.point_link(checkpoints / "last", name)
         if is_best:

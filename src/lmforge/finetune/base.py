@@ -1,0 +1,85 @@
+"""What every finetune objective shares: starting weights, the LoRA switch, the held-out split,
+and train metrics accumulated over micro-batches (see train/objective.py for the contract)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmforge.config import FinetuneConfig, FinetuneRunConfig
+from lmforge.finetune.adapters import adapter_writer
+from lmforge.finetune.lora import apply_lora, trainable_parameters
+from lmforge.finetune.pretrained import load_state
+from lmforge.models.config import ModelConfig
+from lmforge.parallel.dist import DistInfo, sum_over_ranks
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.objective import WeightsWriter
+
+Pretrained = tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]
+
+
+def split_held_out(items: list, config: FinetuneConfig, held_out: list | None) -> tuple[list, list]:
+    """(train, val): val is `held_out` if given, else val_fraction of the items picked by a fixed
+    shuffle (the same for every seed); at most val_max_examples of it."""
+    if held_out is not None:
+        return items, held_out[: config.val_max_examples]
+    count = min(config.val_max_examples, max(1, round(len(items) * config.val_fraction)))
+    if len(items) < 2:
+        return items, items  # nothing to hold out: evaluate on the training example
+    picked = set(np.random.default_rng(0).permutation(len(items))[:count].tolist())
+    train = [x for i, x in enumerate(items) if i not in picked]
+    val = [x for i, x in enumerate(items) if i in picked]
+    return train, val
+
+
+class FinetuneObjective:
+    """Subclasses implement prepare, loaders, loss and evaluate."""
+
+    def __init__(
+        self, run: FinetuneRunConfig, tokenizer: Tokenizer, start: Pretrained | None = None
+    ) -> None:
+        self.run, self.config, self.tokenizer = run, run.finetune, tokenizer
+        self.start = start  # (config, state, tokenizer) of the starting weights, if any
+        self.write_weights: WeightsWriter | None = None
+        self.model: nn.Module | None = None
+        self.sums: dict[str, torch.Tensor] = {}
+        self.say = print
+
+    def starting_weights(self, model: nn.Module) -> None:
+        if self.start is not None:
+            load_state(model, self.start[1], str(self.config.init_from))
+
+    def after_starting_weights(self, model: nn.Module) -> None:
+        """Hook between the starting weights and LoRA (DPO keeps its reference here)."""
+
+    def transform(self, model: nn.Module) -> None:
+        self.starting_weights(model)
+        self.start = None  # the state dict is in the model now; free it
+        self.after_starting_weights(model)
+        lora = self.config.lora
+        if lora.enabled:
+            apply_lora(model, lora)
+            self.write_weights = adapter_writer(lora, self.config.init_from)
+            total = sum(p.numel() for p in model.parameters())
+            trainable = trainable_parameters(model)
+            self.say(
+                f"LoRA rank {lora.rank} on {', '.join(lora.targets)}: {trainable:,} trainable "
+                f"parameters ({100 * trainable / total:.2f}% of {total:,})"
+            )
+        self.model = model
+
+    def accumulate(self, **values: torch.Tensor) -> None:
+        """Add per-micro-batch sums (and a `count`) for train_metrics."""
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def train_metrics(self, info: DistInfo) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        totals = sum_over_ranks(torch.stack([self.sums[k] for k in keys]), info)
+        self.sums = {}
+        count = totals[keys.index("count")].clamp(min=1)
+        return {k: (v / count).item() for k, v in zip(keys, totals, strict=True) if k != "count"}

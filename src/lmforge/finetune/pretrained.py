@@ -1,0 +1,74 @@
+"""Weights to start from (or to distill from): an lmforge checkpoint or run dir, a GGUF file or a
+Hugging Face model dir, read in memory through the interop loaders (no conversion on disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from lmforge.errors import CheckpointError
+from lmforge.interop.commands import detect_format
+from lmforge.models.config import ModelConfig
+from lmforge.tokenizer import Tokenizer, load_tokenizer
+from lmforge.train import checkpoint as ckpt
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and any(
+        (candidate / ckpt.CONFIG_FILE).is_file() and (candidate / ckpt.DESCRIPTOR).is_file()
+        for candidate in (path, path / "checkpoints" / "last", path / "last")
+    )
+
+
+def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokenizer]:
+    """(model config, fp32 state dict, tokenizer) of a checkpoint, GGUF file or HF dir."""
+    path = Path(path).expanduser()
+    if _is_checkpoint(path):
+        from lmforge.finetune.adapters import refuse_adapter_checkpoint
+
+        refuse_adapter_checkpoint(path)
+        directory = ckpt.find_checkpoint(path)
+        state = safetensors.torch.load_file(str(directory / ckpt.MODEL_FILE))
+        return ckpt.read_model_config(directory), state, load_tokenizer(directory)
+    kind = detect_format(path)
+    if kind == "gguf":
+        from lmforge.interop.gguf import read_gguf
+
+        return read_gguf(path)
+    if kind == "hf":
+        from lmforge.interop.hf import model_config_from_hf, state_dict_from_hf
+        from lmforge.interop.hf_dir import read_hf_weights
+        from lmforge.interop.hf_tokenizer import load_hf_dir_tokenizer, read_json
+
+        hf_config = read_json(path / "config.json")
+        config = model_config_from_hf(hf_config)
+        weights = read_hf_weights(path)
+        state = state_dict_from_hf(
+            weights, config, hf_config["model_type"], hf_config.get("rope_interleave")
+        )
+        return config, state, load_hf_dir_tokenizer(path, hf_config)
+    raise CheckpointError(
+        f"{path} is a Meta checkpoint; run `lmforge convert {path} --out DIR` and start from DIR"
+    )
+
+
+@torch.no_grad()
+def load_state(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Copy `state` into `model` (a plain, not yet adapted Transformer), checking every name and
+    shape; tied weights may be stored once."""
+    own = model.state_dict()
+    tied = {"lm_head.weight", "token_embedding.weight"} if model.config.tie_embeddings else set()
+    missing = [k for k in own if k not in state and k not in tied]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        key = (wrong or missing or unexpected)[0]
+        raise CheckpointError(
+            f"{source} does not fit this model ({key}); its model config must be the run's "
+            f"(missing {len(missing)}, unexpected {len(unexpected)}, wrong shape {len(wrong)})"
+        )
+    for key, value in state.items():
+        own[key].copy_(value)

@@ -1,0 +1,74 @@
+"""`lmforge finetune sft|dpo|distill`: pick the starting weights, the model config and the
+objective, then run the one training loop (train/loop.py) with it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lmforge.config import FinetuneRunConfig
+from lmforge.errors import ConfigError
+from lmforge.finetune.pretrained import load_pretrained
+from lmforge.train.loop import TrainResult, train
+from lmforge.train.objective import Objective
+
+
+def build_objective(run: FinetuneRunConfig) -> tuple[FinetuneRunConfig, Objective]:
+    """The run with its model config settled (the starting weights' or the student's), and the
+    objective. Starting weights and teacher are read here, in memory, on every rank."""
+    cfg = run.finetune
+    if not cfg.data:
+        raise ConfigError(
+            "finetune.data is not set; give a .json or .jsonl file of records (--finetune.data)"
+        )
+    start = load_pretrained(cfg.init_from) if cfg.init_from else None
+    if cfg.method == "distill":
+        from lmforge.finetune.distill import DistillObjective, check_vocab, student_config
+
+        if not cfg.teacher:
+            raise ConfigError(
+                "finetune distill needs a teacher; set finetune.teacher to a checkpoint, .gguf "
+                "file or HF dir"
+            )
+        if cfg.lora.enabled and start is None:
+            raise ConfigError(
+                "finetune distill with LoRA needs the student's base weights in "
+                "finetune.init_from (adapters are merged onto them); or switch LoRA off"
+            )
+        teacher = load_pretrained(cfg.teacher)
+        if start is not None:
+            check_vocab(start[0].vocab_size, teacher[0].vocab_size, f"{cfg.init_from}'s vocab")
+            model, tokenizer = start[0], start[2]
+        else:
+            model, tokenizer = student_config(run, teacher[0]), teacher[2]
+        check_vocab(tokenizer.vocab_size, teacher[2].vocab_size, "tokenizer size")
+        run = dataclasses.replace(run, model=model)
+        return run, DistillObjective(run, tokenizer, teacher, start)
+    if start is None:
+        raise ConfigError(
+            f"finetune {cfg.method} needs starting weights; pass --init_from with a checkpoint, "
+            ".gguf file or HF dir"
+        )
+    run = dataclasses.replace(run, model=start[0])
+    if cfg.method == "sft":
+        from lmforge.finetune.sft import SFTObjective
+
+        return run, SFTObjective(run, start[2], start)
+    from lmforge.finetune.dpo import DPOObjective
+
+    return run, DPOObjective(run, start[2], start)
+
+
+def finetune(
+    run: FinetuneRunConfig,
+    resume: bool = False,
+    start_step: int | None = None,
+    reset_optimizer: bool = False,
+) -> TrainResult:
+    run, objective = build_objective(run)
+    return train(
+        run,
+        resume=resume,
+        objective=objective,
+        start_step=start_step,
+        reset_optimizer=reset_optimizer,
+    )
