@@ -359,7 +359,7 @@ def _train(
             steps_in_window = window_tokens // cfg.batch_tokens
             mean_loss = mean_over_ranks(loss_sum / steps_in_window, info).item()
             tokens_per_s = window_tokens / elapsed
-            mfu = flops_token * tokens_per_s / peak
+            mfu = flops_token * tokens_per_s / (peak * info.world_size)  # peak is per device
             metrics = (
                 {
                     "loss": mean_loss,
