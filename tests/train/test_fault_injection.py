@@ -60,6 +60,16 @@ def assert_bitwise_equal(run_dir: Path, reference: Path) -> None:
         assert torch.equal(got[name], tensor), name
 
 
+def start_and_wait(config: Path, out: str, directory: Path, step: int) -> subprocess.Popen:
+    """Start a training process and return once it has logged `step` (failing if it exits)."""
+    process = lmforge(*train_args(config, out), cwd=directory)
+    deadline = time.monotonic() + TIMEOUT
+    while logged_step(directory / out) < step and time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    return process
+
+
 def logged_step(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -106,11 +116,7 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bitwise_exact(fast, poi
 
 def test_kill_9_mid_training_then_resume_is_bitwise_exact(slow):
     directory, config = slow
-    process = lmforge(*train_args(config, "killed"), cwd=directory)
-    deadline = time.monotonic() + TIMEOUT
-    while logged_step(directory / "killed") < 10 and time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
+    process = start_and_wait(config, "killed", directory, step=10)
     process.kill()
     assert finish(process)[0] == -signal.SIGKILL
     assert logged_step(directory / "killed") < 24
@@ -121,10 +127,7 @@ def test_kill_9_mid_training_then_resume_is_bitwise_exact(slow):
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(slow):
     directory, config = slow
-    process = lmforge(*train_args(config, "preempted"), cwd=directory)
-    while logged_step(directory / "preempted") < 6:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
+    process = start_and_wait(config, "preempted", directory, step=6)
     process.send_signal(signal.SIGTERM)
     code, out_text, err = finish(process)
     assert code == 0, err
@@ -142,10 +145,7 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(slow):
 
 def test_a_second_ctrl_c_aborts_at_once(slow):
     directory, config = slow
-    process = lmforge(*train_args(config, "aborted"), cwd=directory)
-    while logged_step(directory / "aborted") < 4:
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.01)
+    process = start_and_wait(config, "aborted", directory, step=4)
     process.send_signal(signal.SIGINT)
     time.sleep(0.005)
     process.send_signal(signal.SIGINT)

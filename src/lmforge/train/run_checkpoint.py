@@ -134,70 +134,41 @@ def save_run_checkpoint(
     checkpoints and `last` as they were. write_weights replaces the full model.safetensors
     (LoRA: adapters only)."""
     name = f"step-{step:07d}"
-    staging = checkpoints / (name + ".tmp")
+    directory = checkpoints / name
+    staging = directory.with_name(name + ".tmp")
+    model = parallel.model
     try:
-        _save(
-            checkpoints,
-            name,
-            parallel,
-            optimizer,
-            tokenizer,
-            run,
-            info,
-            summary,
-            train_state,
-            is_best,
-            write_weights,
+        if info.is_main:
+            ckpt.stage_checkpoint(directory)
+        barrier(info)
+        save_sharded_state(
+            staging / SHARDED_DIR, model, optimizer, info, include_model=parallel.fsdp
         )
+        weights = None
+        if not parallel.fsdp:
+            weights = model
+        elif run.parallel.consolidate:
+            weights = full_model_state(model, info, sharded=True)
+        if info.is_main:
+            files_weights = weights if write_weights is None else None
+            ckpt.write_checkpoint_files(
+                staging, run.model, files_weights, tokenizer, summary, train_state
+            )
+            if write_weights is not None and weights is not None:
+                write_weights(staging, weights)
+            ckpt.commit_checkpoint(staging, directory)
+            ckpt.point_link(checkpoints / "last", name)
+            if is_best:
+                ckpt.point_link(checkpoints / "best", name)
+            ckpt.prune_checkpoints(checkpoints, run.train.keep_checkpoints)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        previous = (
-            (checkpoints / "last").resolve().name if (checkpoints / "last").exists() else None
-        )
-        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        last = checkpoints / "last"
+        kept = f"{last.resolve().name} is intact" if last.exists() else "no earlier one exists"
         raise CheckpointError(
             f"could not write checkpoint {name} ({error.strerror or error}); {kept}; free disk "
             "space (or move train.out_dir) and run again with --resume"
         ) from None
-
-
-def _save(
-    checkpoints: Path,
-    name: str,
-    parallel: ParallelModel,
-    optimizer: torch.optim.Optimizer,
-    tokenizer: Tokenizer,
-    run: RunConfig,
-    info: DistInfo,
-    summary: dict,
-    train_state: dict,
-    is_best: bool,
-    write_weights: WeightsWriter | None,
-) -> None:
-    directory = checkpoints / name
-    staging = directory.with_name(name + ".tmp")
-    if info.is_main:
-        ckpt.stage_checkpoint(directory)
-    barrier(info)
-    model = parallel.model
-    save_sharded_state(staging / SHARDED_DIR, model, optimizer, info, include_model=parallel.fsdp)
-    weights = None
-    if not parallel.fsdp:
-        weights = model
-    elif run.parallel.consolidate:
-        weights = full_model_state(model, info, sharded=True)
-    if info.is_main:
-        files_weights = weights if write_weights is None else None
-        ckpt.write_checkpoint_files(
-            staging, run.model, files_weights, tokenizer, summary, train_state
-        )
-        if write_weights is not None and weights is not None:
-            write_weights(staging, weights)
-        ckpt.commit_checkpoint(staging, directory)
-        ckpt.point_link(checkpoints / "last", name)
-        if is_best:
-            ckpt.point_link(checkpoints / "best", name)
-        ckpt.prune_checkpoints(checkpoints, run.train.keep_checkpoints)
     barrier(info)
 
 
