@@ -10,7 +10,7 @@ import torch
 
 from lmforge.config import LoggingConfig, RunConfig
 from lmforge.errors import ConfigError
-from lmforge.train.metrics import METRICS_FILE, MetricsLogger, read_metrics
+from lmforge.train.metrics import METRICS_FILE, MetricsLogger, read_metrics, series
 from lmforge.train.plot import plot_run
 from lmforge.train.runtime import autocast_context, measure_peak_flops, pick_device
 
@@ -85,3 +85,16 @@ def test_plot_run_writes_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     custom = plot_run(tmp_path, tmp_path / "sub.png")
     assert custom.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_series_keeps_the_latest_value_of_a_replayed_step():
+    records = [
+        {"step": 1, "loss": 5.0},
+        {"step": 2, "loss": 4.0, "val_loss": 4.5},
+        {"step": 3, "loss": float("nan")},  # abandoned by a rollback to step 2...
+        {"step": 3, "loss": 3.5},  # ...and replayed
+        {"step": 4, "loss": 3.0},
+    ]
+    assert series(records, "loss") == [(1, 5.0), (2, 4.0), (3, 3.5), (4, 3.0)]
+    assert series(records, "val_loss") == [(2, 4.5)]
+    assert series(records, "grad_norm") == []

@@ -63,3 +63,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
             f"{run_dir} has no {METRICS_FILE}; point at a run directory made by `lmforge train`"
         )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def series(records: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) of `key` in step order, one per step. A step logged twice (replayed after a
+    resume from an earlier checkpoint, or a loss-health rollback) keeps its latest value: the
+    timeline the run actually continued from."""
+    latest = {r["step"]: r[key] for r in records if key in r}
+    return sorted(latest.items())

@@ -9,15 +9,14 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lmforge.train.metrics import read_metrics  # noqa: E402
+from lmforge.train.metrics import read_metrics, series  # noqa: E402
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw train and val loss against step; returns the PNG path (default RUN_DIR/loss.png)."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    train, val = series(records, "loss"), series(records, "val_loss")
     figure, axis = plt.subplots(figsize=(8, 5))
     if train:
         axis.plot(*zip(*train, strict=True), label="train", linewidth=1)
