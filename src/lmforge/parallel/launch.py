@@ -24,6 +24,14 @@ def launch(argv: list[str]) -> int:
 
     parser = get_args_parser()
     parser.prog = "lmforge launch"
+
+    def one_line_error(message: str):
+        raise ConfigError(
+            f"lmforge launch: {message}; usage: lmforge launch [torchrun options] <command> "
+            "[options] (see lmforge launch --help)"
+        )
+
+    parser.error = one_line_error
     args = parser.parse_args(argv)
     if args.training_script.startswith("-") or args.training_script == "launch":
         raise ConfigError(
