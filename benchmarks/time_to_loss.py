@@ -43,7 +43,6 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
         records = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
-        config = (Path(tmp) / "run/config.toml").read_text()
     val = [r for r in records if "val_loss" in r][-1]
     speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
     met = val["val_loss"] <= TARGET_LOSS and wall <= TARGET_S
@@ -61,7 +60,7 @@ def main() -> None:
     print(table)
     if append:
         with open(REPO / "BENCHMARKS.md", "a") as out:
-            out.write(f"\n{table}\n\nResolved config:\n\n```toml\n{config.strip()}\n```\n")
+            out.write(f"\n{table}\n")
 
 
 if __name__ == "__main__":
