@@ -20,12 +20,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomllib
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
 TARGET_LOSS, TARGET_S = 1.88, 35.0
+
+
+def recipe(run: dict) -> str:
+    """The resolved config's shape and schedule, so an appended table names what it measured."""
+    m, o, t = run["model"], run["optim"], run["train"]
+    return (
+        f"{m['num_layers']} x {m['dim']}, {m['num_heads']} heads, batch {t['micro_batch_size']} x "
+        f"{t['seq_len']}, lr {o['lr']:g} {o['schedule']} (warmup {o['warmup_steps']}), "
+        f"{t['max_steps']} steps, {t['dtype']}"
+    )
 
 
 def main() -> None:
@@ -42,6 +54,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         if done.returncode:
             sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
+        run = tomllib.loads(Path(f"{tmp}/run/config.toml").read_text())
         records = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_loss" in r][-1]
     speeds = sorted(r["tokens_per_s"] for r in records if "tokens_per_s" in r)
@@ -50,6 +63,7 @@ def main() -> None:
         ("date", datetime.date.today().isoformat()),
         ("machine", machine()),
         ("command", "lmforge train --config shakespeare-speedrun " + " ".join(extra)),
+        ("recipe", recipe(run)),
         ("data preparation", "counted (fresh data dir, char tokenizer, 90/10 split)"),
         ("wall s (process start to exit)", f"{wall:.1f}"),
         ("final val loss (nats/char)", f"{val['val_loss']:.4f} at step {val['step']}"),
