@@ -78,7 +78,7 @@ def test_cli_preset_flag_replaces_the_files_preset(tmp_path):
     assert run.model.norm == "layernorm" and run.model.dim == 64 and run.model.tie_embeddings
 
 
-@pytest.mark.parametrize("name", ["quickstart", "tiny"])
+@pytest.mark.parametrize("name", ["quickstart", "tiny", "shakespeare-speedrun"])
 def test_shipped_configs_load_and_round_trip(tmp_path, name):
     run = load_run_config(name)
     assert resolve_config_path(name) == CONFIG_DIR / f"{name}.toml"

@@ -1,0 +1,168 @@
+"""CPU training throughput: a plain fp32 PyTorch GPT against `lmforge train`, same shapes.
+
+    .venv/bin/python benchmarks/cpu_train_speed.py [--append] [--steps N] [extra `lmforge train` flags]
+
+Shapes (nanoGPT's shakespeare-char): 6 layers, 6 heads, width 384, context 256, batch 64,
+char-level Tiny Shakespeare. The baseline below is a minimal nanoGPT-like model (LayerNorm, GELU
+MLP, learned positions, tied embeddings, SDPA) trained in fp32 with torch's default AdamW; lmforge
+runs as a fresh `lmforge train` process with its defaults and a GPT-2-style model of the same
+size. Both report the median tokens/s over the steps after warm-up, each in its own process, so
+peak RSS is per side. Prints a table; --append adds it to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quickstart import machine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
+LAYERS, HEADS, DIM, CONTEXT, BATCH = 6, 6, 384, 256, 64
+WARMUP = 2
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, DIM), nn.Embedding(CONTEXT, DIM)
+        self.blocks = nn.Sequential(*(Block(DIM, HEADS) for _ in range(LAYERS)))
+        self.norm = nn.LayerNorm(DIM)
+        self.head = nn.Linear(DIM, vocab, bias=False)
+        self.head.weight = self.tokens.weight
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:  # GPT-2 init, residual projections scaled down
+                std = (
+                    0.02 / math.sqrt(2 * LAYERS)
+                    if name.endswith(("proj.weight", "2.weight"))
+                    else 0.02
+                )
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(idx) + self.positions(torch.arange(idx.shape[1]))
+        logits = self.head(self.norm(self.blocks(x)))
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def baseline(steps: int) -> dict:
+    """Train TinyGPT in fp32 for WARMUP + steps steps; median tokens/s of the measured ones."""
+    torch.manual_seed(0)
+    text = DATA.read_text()
+    chars = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([lookup[c] for c in text[: int(0.9 * len(text))]], dtype=torch.long)
+    model = TinyGPT(len(chars))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    times = []
+    for _ in range(WARMUP + steps):
+        start = time.perf_counter()
+        offsets = torch.randint(len(data) - CONTEXT - 1, (BATCH,))
+        x = torch.stack([data[i : i + CONTEXT] for i in offsets])
+        y = torch.stack([data[i + 1 : i + CONTEXT + 1] for i in offsets])
+        loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return {
+        "tokens_per_s": BATCH * CONTEXT / statistics.median(times[WARMUP:]),
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "loss": loss.item(),
+    }
+
+
+def lmforge(steps: int, extra: list[str]) -> dict:
+    """`lmforge train` as a fresh process; median tokens/s of its per-step logs after warm-up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [
+            sys.executable, "-m", "lmforge", "train",
+            "--data.source", str(DATA), "--data.tokenizer", "char", "--data.val_fraction", "0.1",
+            "--model.num_layers", str(LAYERS), "--model.num_heads", str(HEADS),
+            "--model.dim", str(DIM), "--model.context_length", str(CONTEXT),
+            "--model.mlp", "gelu", "--model.norm", "layernorm", "--model.position", "learned",
+            "--model.bias", "--model.tie_embeddings",
+            "--train.micro_batch_size", str(BATCH), "--train.batch_tokens", str(BATCH * CONTEXT),
+            "--train.max_steps", str(WARMUP + steps), "--train.log_interval", "1",
+            "--train.eval_interval", "100000", "--train.eval_batches", "1",
+            "--train.checkpoint_interval", "100000", "--train.out_dir", f"{tmp}/run",
+            "--data.dir", f"{tmp}/data", "--logging.no_progress_bar", *extra,
+        ]  # fmt: skip
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
+        records = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][WARMUP:]
+    rss = max(r["peak_memory_gib"] for r in records if "peak_memory_gib" in r)
+    loss = [r["loss"] for r in records if "loss" in r][-1]
+    return {"tokens_per_s": statistics.median(speeds), "peak_rss_gib": rss, "loss": loss}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--baseline-only"]:  # the child process that runs the baseline
+        print(json.dumps(baseline(int(args[1]))))
+        return
+    append = "--append" in args
+    args = [a for a in args if a != "--append"]
+    steps = 6
+    if "--steps" in args:
+        i = args.index("--steps")
+        steps, args = int(args[i + 1]), args[:i] + args[i + 2 :]
+    child = [sys.executable, __file__, "--baseline-only", str(steps)]
+    base = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
+    ours = lmforge(steps, args)
+    rows = [
+        ("date", datetime.date.today().isoformat()),
+        ("machine", machine()),
+        ("config", f"{LAYERS} layers, {HEADS} heads, dim {DIM}, context {CONTEXT}, batch {BATCH}, char Tiny Shakespeare"),
+        (f"measured steps (after {WARMUP} warm-up)", str(steps)),
+        ("lmforge extra flags", " ".join(args) or "none (defaults)"),
+        ("baseline fp32 PyTorch tokens/s (median)", f"{base['tokens_per_s']:,.0f}"),
+        ("lmforge train tokens/s (median)", f"{ours['tokens_per_s']:,.0f}"),
+        ("ratio lmforge / baseline", f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}x"),
+        ("peak RSS baseline / lmforge GiB", f"{base['peak_rss_gib']:.2f} / {ours['peak_rss_gib']:.2f}"),
+    ]  # fmt: skip
+    table = "| CPU training throughput | value |\n|---|---|\n" + "\n".join(
+        f"| {k} | {v} |" for k, v in rows
+    )
+    print(table)
+    if append:
+        with open(REPO / "BENCHMARKS.md", "a") as out:
+            out.write(f"\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
