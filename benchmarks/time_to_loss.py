@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path("/work/shared/data/tinyshakespeare/input.txt")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 TARGET_LOSS, TARGET_S = 1.88, 35.0
 
 
