@@ -216,18 +216,25 @@ def run_train(command: TrainCommand) -> None:
         start_step=command.start_step,
         reset_optimizer=command.reset_optimizer,
     )
+    resume = f"lmforge train --config {result.out_dir / 'config.toml'} --resume"
+    if report_run(result, resume):
+        print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
+
+
+def report_run(result, resume_command: str) -> bool:
+    """Print how a run ended (rank 0 only); True when it finished rather than stopped early."""
     if not is_main_process():
-        return
+        return False
     if result.stopped_by:
         print(
             f"stopped by {result.stopped_by} at step {result.step}, after saving a checkpoint; "
-            f"continue with: lmforge train --config {result.out_dir / 'config.toml'} --resume"
+            f"continue with: {resume_command}"
         )
-        return
+        return False
     # val_loss is None when --resume finds the run already at train.max_steps (nothing to do).
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"done: step {result.step}, val loss {val}; run dir {result.out_dir}")
-    print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
+    return True
 
 
 def run_finetune(command: FinetuneCommand) -> None:
@@ -239,17 +246,7 @@ def run_finetune(command: FinetuneCommand) -> None:
         settings["init_from"] = command.init_from
     run = dataclasses.replace(run, finetune=dataclasses.replace(run.finetune, **settings))
     result = finetune(run, command.resume, command.start_step, command.reset_optimizer)
-    if not is_main_process():
-        return
-    if result.stopped_by:
-        print(
-            f"stopped by {result.stopped_by} at step {result.step}, after saving a checkpoint; "
-            f"continue with the same command plus --resume"
-        )
-        return
-    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
-    print(f"done: step {result.step}, val loss {val}; run dir {result.out_dir}")
-    if run.finetune.lora.enabled:
+    if report_run(result, "the same command plus --resume") and run.finetune.lora.enabled:
         print(f"merge the adapters for sample/export: lmforge merge {result.out_dir} --out DIR")
 
 

@@ -80,7 +80,9 @@ def test_a_transient_nan_skips_one_step_and_the_run_recovers(
     assert all(math.isfinite(result.losses[s]) for s in result.losses if s != 6)
     last = read_metrics(tmp_path / "run")[-2]
     assert (last["skipped_steps"], last["rollbacks"]) == (1, 0)
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last" / "train_state.pt")
+    state = torch.load(
+        tmp_path / "run" / "checkpoints" / "last" / "train_state.pt", weights_only=True
+    )
     assert state["health"]["skipped_steps"] == 1
 
 

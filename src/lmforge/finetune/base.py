@@ -3,11 +3,14 @@ and train metrics accumulated over micro-batches (see train/objective.py for the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
-from lmforge.config import FinetuneConfig, FinetuneRunConfig
+from lmforge.config import FinetuneConfig, FinetuneRunConfig, RunConfig
+from lmforge.data.example_loader import ExampleLoader
 from lmforge.finetune.adapters import adapter_writer
 from lmforge.finetune.lora import apply_lora, trainable_parameters
 from lmforge.finetune.pretrained import load_state
@@ -68,6 +71,26 @@ class FinetuneObjective:
                 f"parameters ({100 * trainable / total:.2f}% of {total:,})"
             )
         self.model = model
+
+    def example_loaders(
+        self,
+        train_rows: list,
+        val_rows: list,
+        collate: Callable,
+        run: RunConfig,
+        info: DistInfo,
+        device: torch.device,
+    ) -> tuple[ExampleLoader, ExampleLoader]:
+        """(train, val) loaders over prepared rows: train shuffled and split over the ranks,
+        val in order (every rank evaluates the same batches)."""
+        cfg = run.train
+        options = {"device": device, "collate": collate, "batch_size": cfg.micro_batch_size}
+        train_loader = ExampleLoader(
+            train_rows, seed=cfg.seed, rank=info.rank, world_size=info.world_size, name="train",
+            **options,
+        )  # fmt: skip
+        val_loader = ExampleLoader(val_rows, seed=cfg.seed, shuffle=False, name="val", **options)
+        return train_loader, val_loader
 
     def accumulate(self, **values: torch.Tensor) -> None:
         """Add per-micro-batch sums (and a `count`) for train_metrics."""

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from lmforge.config import RunConfig
 from lmforge.data.chat_records import load_pairs
-from lmforge.data.example_loader import ExampleLoader, pad_rows
+from lmforge.data.example_loader import pad_rows
 from lmforge.data.sft import (
     IGNORE,
     Example,
@@ -86,20 +86,10 @@ class DPOObjective(FinetuneObjective):
     def loaders(self, run: RunConfig, info: DistInfo, seq_len: int, device: torch.device):
         train, val = self.pairs
         pad = self.tokenizer.eot_id
-        cfg = run.train
-        options = {
-            "device": device,
-            "collate": lambda pairs: collate_pairs(pairs, pad),
-            "batch_size": cfg.micro_batch_size,
-        }
-        train_loader = ExampleLoader(
-            self.rows(train, seq_len, "train"), seed=cfg.seed, rank=info.rank,
-            world_size=info.world_size, name="train", **options,
-        )  # fmt: skip
-        val_loader = ExampleLoader(
-            self.rows(val, seq_len, "val"), seed=cfg.seed, shuffle=False, name="val", **options
+        train_rows, val_rows = self.rows(train, seq_len, "train"), self.rows(val, seq_len, "val")
+        return self.example_loaders(
+            train_rows, val_rows, lambda pairs: collate_pairs(pairs, pad), run, info, device
         )
-        return train_loader, val_loader
 
     @torch.no_grad()
     def reference_log_probs(self, batch: Batch, autocast) -> torch.Tensor:

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from lmforge.config import RunConfig
 from lmforge.data.chat_records import load_conversations
-from lmforge.data.example_loader import ExampleLoader, pad_rows
+from lmforge.data.example_loader import pad_rows
 from lmforge.data.sft import (
     IGNORE,
     Example,
@@ -93,16 +93,8 @@ class SFTObjective(FinetuneObjective):
         def collate(rows):
             return collate_rows(rows, pad, packed)
 
-        cfg = run.train
-        options = {"device": device, "collate": collate, "batch_size": cfg.micro_batch_size}
-        train_loader = ExampleLoader(
-            self.rows(train, seq_len, "train"), seed=cfg.seed, rank=info.rank,
-            world_size=info.world_size, name="train", **options,
-        )  # fmt: skip
-        val_loader = ExampleLoader(
-            self.rows(val, seq_len, "val"), seed=cfg.seed, shuffle=False, name="val", **options
-        )
-        return train_loader, val_loader
+        train_rows, val_rows = self.rows(train, seq_len, "train"), self.rows(val, seq_len, "val")
+        return self.example_loaders(train_rows, val_rows, collate, run, info, device)
 
     def loss(self, forward: nn.Module, batch: Batch, autocast) -> torch.Tensor:
         total, count = masked_cross_entropy(forward_logits(forward, batch, autocast), batch[1])
