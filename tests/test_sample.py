@@ -52,3 +52,10 @@ def test_stream_printer_holds_back_partial_utf8():
         printer(torch.tensor([byte]))
         assert "\ufffd" not in out.getvalue()
     assert out.getvalue() == "aé✓"
+
+
+def test_quantized_and_compiled_sampling_runs(trained_run, capsys):
+    for extra in (("--quantize", "int8"), ("--quantize", "int4", "--compile", "on")):
+        args = sample_args(trained_run, "--prompt", "x", "--temperature", "0", *extra)
+        assert main(args) == 0
+        assert capsys.readouterr().out.startswith("x")

@@ -6,10 +6,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-import torch
-
 from lmforge.errors import ConfigError
 from lmforge.generate import SamplingConfig, generate
+from lmforge.inference import prepare_for_decoding, should_compile
 from lmforge.sample import StreamPrinter
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
@@ -49,9 +48,8 @@ def chat(
     """Run the conversation until /exit or end of input; returns the messages."""
     out = out or sys.stdout
     device = pick_device(command.device)
-    model, tokenizer, _ = load_model(command.checkpoint, device)
-    if command.dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model, tokenizer, directory = load_model(command.checkpoint, device)
+    model, weights = prepare_for_decoding(model, directory, command.dtype, command.quantize)
     encode_chat(tokenizer, [{"role": "user", "content": "hi"}], command.template)  # fail early
     context = model.config.context_length
     if command.max_new_tokens >= context:
@@ -69,7 +67,8 @@ def chat(
         seed=command.seed,
         stop_tokens=tokenizer.stop_ids,
     )
-    out.write(f"chatting with {command.checkpoint} ({HELP})\n")
+    compile = should_compile(command.compile, command.max_new_tokens)
+    out.write(f"chatting with {command.checkpoint}, {weights} ({HELP})\n")
     while True:
         try:
             text = read("you> ").strip()
@@ -90,7 +89,7 @@ def chat(
         )
         out.write("assistant> ")
         printer = StreamPrinter(tokenizer, out)
-        reply_ids = generate(model, [ids], config, on_tokens=printer)[0]
+        reply_ids = generate(model, [ids], config, on_tokens=printer, compile=compile)[0]
         reply_ids = [i for i in reply_ids if i not in tokenizer.stop_ids]
         reply = tokenizer.decode(reply_ids)
         out.write(reply[printer.printed :] + "\n")

@@ -23,6 +23,10 @@ from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 
+Dtype = Literal["auto", "fp32", "bf16"]
+Quantize = Literal["auto", "none", "int8", "int4"]
+Compile = Literal["auto", "on", "off"]
+
 
 @dataclass
 class TrainCommand:
@@ -106,7 +110,14 @@ class SampleCommand:
     top_p: float | None = None
     seed: int = 1337
     device: str = "auto"
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Dtype = "auto"
+    """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
+    quantize: Quantize = "auto"
+    """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision (Q4_1 ->
+    int4, Q8_0 -> int8) and leaves other checkpoints unquantized."""
+    compile: Compile = "auto"
+    """torch.compile the one-token decode step; auto compiles when a call generates >= 1024
+    tokens (compiling takes ~6-30 s on a CPU)."""
     stop_at_end_of_text: bool = True
     """Stop a sample at the tokenizer's end-of-text or end-of-turn tokens."""
     chat: bool = False
@@ -134,7 +145,14 @@ class ChatCommand:
     top_p: float | None = None
     seed: int = 1337
     device: str = "auto"
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Dtype = "auto"
+    """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
+    quantize: Quantize = "auto"
+    """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision (Q4_1 ->
+    int4, Q8_0 -> int8) and leaves other checkpoints unquantized."""
+    compile: Compile = "auto"
+    """torch.compile the one-token decode step; auto compiles when a call generates >= 1024
+    tokens (compiling takes ~6-30 s on a CPU)."""
 
 
 @dataclass

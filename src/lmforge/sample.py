@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lmforge.generate import SamplingConfig, generate
+from lmforge.inference import prepare_for_decoding, should_compile
 from lmforge.tokenizer import END_OF_TEXT, Tokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model
@@ -57,9 +58,8 @@ def encode_prompt(
 
 def sample(command: SampleCommand) -> list[str]:
     device = pick_device(command.device)
-    model, tokenizer, _ = load_model(command.checkpoint, device)
-    if command.dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model, tokenizer, directory = load_model(command.checkpoint, device)
+    model, _ = prepare_for_decoding(model, directory, command.dtype, command.quantize)
     prompts = [encode_prompt(tokenizer, p, command.chat, command.template) for p in command.prompt]
     config = SamplingConfig(
         max_new_tokens=command.max_new_tokens,
@@ -73,7 +73,8 @@ def sample(command: SampleCommand) -> list[str]:
     printer = StreamPrinter(tokenizer) if streaming else None
     if streaming:
         sys.stdout.write(command.prompt[0])
-    outputs = generate(model, prompts, config, on_tokens=printer)
+    compile = should_compile(command.compile, len(prompts) * command.max_new_tokens)
+    outputs = generate(model, prompts, config, on_tokens=printer, compile=compile)
     texts = [tokenizer.decode(ids) for ids in outputs]
     if streaming:
         sys.stdout.write(texts[0][printer.printed :] + "\n")

@@ -3,10 +3,13 @@ real SmolLM2-135M-Instruct Q4_1 file against transformers, tokenizers from GGUF 
 
 from __future__ import annotations
 
+import copy
+
 import gguf
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from gguf_fixtures import (
     TEXT,
     random_model,
@@ -22,6 +25,7 @@ from lmforge.interop.gguf import (
     _TOKENIZER_WRITERS,
     _layout,
     export_gguf,
+    gguf_quantization_plan,
     import_gguf,
     load_gguf,
     model_from_state,
@@ -29,6 +33,7 @@ from lmforge.interop.gguf import (
 )
 from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
 from lmforge.models.config import ModelConfig
+from lmforge.models.quantize import Int4Linear, quantize_weights
 from lmforge.tokenizer import ByteTokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model, save_checkpoint
@@ -343,3 +348,22 @@ def test_smollm2_chat_answers_paris(smollm2):
     config = SamplingConfig(max_new_tokens=30, temperature=0, stop_tokens=tokenizer.stop_ids)
     reply = tokenizer.decode(generate(model, [prompt], config)[0])
     assert "Paris" in reply, reply
+
+
+def test_smollm2_decodes_at_the_files_precision(smollm2, smollm2_gguf):  # noqa: F811
+    # The Q4_1 file's linears become int4 (the Q8_0 embedding, tied to the head, int8), and the
+    # quantized model stays close to the fp32 one: perplexity within 5%, and it still answers.
+    model, tokenizer = smollm2
+    plan = gguf_quantization_plan(smollm2_gguf)
+    assert plan == {"default": "int4", "lm_head": "int8"}
+    quantized = copy.deepcopy(model)  # fp32 residual stream: bf16 would lose "Paris"
+    assert quantize_weights(quantized, plan) == 30 * 4 + 1
+    assert isinstance(quantized.layers[0].ffn.up, Int4Linear)
+    ids = torch.tensor([tokenizer.encode(ENGLISH)])
+    with torch.no_grad():
+        nll = {
+            name: F.cross_entropy(m(ids[:, :-1])[0].float(), ids[0, 1:]).item()
+            for name, m in (("fp32", model), ("int4", quantized))
+        }
+    assert abs(nll["int4"] - nll["fp32"]) < 0.05, nll
+    test_smollm2_chat_answers_paris((quantized, tokenizer))

@@ -244,6 +244,34 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
     return config, state, tokenizer_from_gguf(meta)
 
 
+# The weight-only scheme (models/quantize.py) that keeps a GGUF tensor's precision: 4-bit types
+# become int4, 5- to 8-bit types int8, float types stay as they are.
+_SCHEME_OF_TYPE = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4", "IQ4_NL": "int4"}
+_SCHEME_OF_TYPE |= dict.fromkeys(("Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "Q8_K"), "int8")
+_FINER = {"int4": 0, "int8": 1, "none": 2}
+
+
+def gguf_quantization_plan(path: str | Path) -> dict[str, str]:
+    """{"default": scheme, module: scheme, ...}: the scheme per linear layer that matches the
+    file's tensor types (a fused layer takes the finest of its parts, so nothing is coarser than
+    in the file). `lmforge sample/chat --quantize auto` decodes an imported GGUF with it."""
+    reader = gguf.GGUFReader(str(path))
+    meta = {name: field.contents() for name, field in reader.fields.items()}
+    arch = meta.get("general.architecture")
+    tensors = {t.name: t for t in reader.tensors}
+    config = _config(meta, arch, tensors)
+    schemes = {}
+    for ours, parts in _layout(config, arch):
+        if not ours.endswith(".weight") or "norm" in ours or "embedding" in ours:
+            continue
+        found = [_SCHEME_OF_TYPE.get(tensors[name].tensor_type.name, "none") for name, *_ in parts]
+        schemes[ours.removesuffix(".weight")] = max(found, key=_FINER.get)
+    head = "token_embd.weight" if config.tie_embeddings else "output.weight"
+    schemes["lm_head"] = _SCHEME_OF_TYPE.get(tensors[head].tensor_type.name, "none")
+    default = max(set(schemes.values()), key=list(schemes.values()).count)
+    return {"default": default} | {k: v for k, v in schemes.items() if v != default}
+
+
 def model_from_state(config: ModelConfig, state: dict[str, Tensor]) -> Transformer:
     """A Transformer (eval mode) holding `state`'s tensors, without a random init first."""
     with torch.device("meta"):
@@ -267,6 +295,7 @@ def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     model, tokenizer = load_gguf(path)
     arch = "gpt2" if model.config.position == "learned" else "llama"
     info = {"step": 0, "source": str(path), "format": "gguf", "architecture": arch}
+    info["quantization"] = gguf_quantization_plan(path)
     return save_checkpoint(Path(out_dir), model, tokenizer, info)
 
 

@@ -11,6 +11,7 @@ import torch
 
 from lmforge.models.config import ModelConfig
 from lmforge.models.layers import layer_configs
+from lmforge.models.masks import AttentionMasks
 
 
 def layer_cache_widths(layer: ModelConfig) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -53,6 +54,8 @@ class KVCache:
             options = dict(device=device, dtype=dtype)
             self.keys.append(torch.zeros(batch_size, heads_a, max_len, width_a, **options))
             self.values.append(torch.zeros(batch_size, heads_b, max_len, width_b, **options))
+        if max_len > config.context_length:
+            raise ValueError(f"a KV cache of {max_len} slots exceeds the context length")
         self.valid = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.has_padding = False
         self.max_len = max_len
@@ -71,6 +74,24 @@ class KVCache:
         self.keys[layer][:, :, self.length : end] = k
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def check_room(self, num_new: int) -> None:
+        """Refuse a forward pass that would run past the cache (and so past the context)."""
+        if self.length + num_new > self.max_len:
+            raise ValueError(
+                f"sequence of {self.length + num_new} tokens exceeds the KV cache's "
+                f"{self.max_len} slots (the model's context length is at most that)"
+            )
+
+    def default_positions(self, num_new: int) -> torch.Tensor:
+        """Position ids (T,) of num_new tokens appended to an unpadded cache."""
+        return torch.arange(self.length, self.length + num_new, device=self.valid.device)
+
+    def masks(self, num_new: int) -> AttentionMasks:
+        """The attention masks for num_new queries appended after the cached slots."""
+        device = self.valid.device
+        base = self.attention_mask(num_new)
+        return AttentionMasks(num_new, self.length, device, valid=self.valid, base=base)
 
     def bytes_per_token(self) -> int:
         """Measured from the allocated tensors (for checking kv_cache_bytes_per_token)."""

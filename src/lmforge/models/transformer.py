@@ -135,14 +135,17 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if document_ids is not None and cache is not None:
             raise ValueError("document_ids (packed training) cannot be combined with a KV cache")
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.context_length:
+        if cache is not None:
+            cache.check_room(T)
+        elif self.config.context_length < T:
             raise ValueError(
-                f"sequence of {start + T} tokens exceeds the model's context length "
+                f"sequence of {T} tokens exceeds the model's context length "
                 f"{self.config.context_length}"
             )
-        if positions is None:
-            positions = torch.arange(start, start + T, device=tokens.device)
+        if positions is None and cache is not None:
+            positions = cache.default_positions(T)
+        elif positions is None:
+            positions = torch.arange(T, device=tokens.device)
         x = self.token_embedding(tokens)  # (B, T, C)
         if self.config.position == "learned":
             x = x + self.position_embedding(positions)
@@ -157,11 +160,12 @@ class Transformer(nn.Module):
                 if cos.dim() == 3:
                     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
                 ropes[width] = (cos, sin)
-        masks = AttentionMasks(T, start, tokens.device)
         if cache is not None:
-            masks.base, masks.valid = cache.attention_mask(T), cache.valid
-        elif document_ids is not None:
-            masks.base, masks.document_ids = (document_mask(document_ids), False), document_ids
+            masks = cache.masks(T)
+        else:
+            masks = AttentionMasks(T, 0, tokens.device)
+            if document_ids is not None:
+                masks.base, masks.document_ids = (document_mask(document_ids), False), document_ids
         for layer in self.layers:
             x = layer(x, ropes.get(layer.config.rope_dim), masks, cache)
         if cache is not None:

@@ -1,0 +1,126 @@
+"""Weight-only quantization for CPU inference: int8 per output channel, or int4 in groups of 32.
+
+Decoding one token reads every weight once, so on a CPU its speed is set by bytes moved: int4
+weights read 8x fewer bytes than fp32. The matmuls run in PyTorch's own weight-only kernels
+(`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`, the ones gpt-fast and torchao use) on bf16
+inputs; their outputs go back to the model's dtype, so the residual stream, norms and attention
+can stay fp32. That matters: SmolLM2-135M with a bf16 residual stream stops answering "Paris".
+
+int4 is asymmetric with a bf16 scale and zero point per group of 32 input channels, which is
+GGUF's Q4_1 layout: a Q4_1 tensor, dequantized and quantized again here, gets back its own 4-bit
+codes (up to bf16 rounding of the scales), so `--quantize auto` decodes a Q4_1 file at the
+precision it was published in.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmforge.errors import LmforgeError
+
+SCHEMES = ("none", "int8", "int4")
+INT4_GROUP = 32
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale).T + bias with int8 codes q (N, K) and one scale per output row."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        codes = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("codes", codes)
+        self.register_buffer("scale", scale.to(dtype))
+        self.register_buffer("bias", _bias(linear, linear.weight.dtype))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).to(self.scale.dtype)
+        y = torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scale)
+        y = y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        return self.codes.float() * self.scale.float()[:, None]
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W.T + bias with W = (q - 8) * scale + zero per group of 32 input channels."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        w = linear.weight.detach().float()
+        N, K = w.shape
+        groups = w.reshape(N, K // INT4_GROUP, INT4_GROUP)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+        scale = ((high - low) / 15).clamp(min=1e-12)
+        codes = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        codes = codes.reshape(N, K).to(torch.int32)
+        # The kernel computes (q - 8) * scale + zero, so zero sits at code 8, not at code 0.
+        zero = low + 8 * scale
+        scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(dtype))  # (K/32, N, 2)
+        self.register_buffer("bias", _bias(linear, linear.weight.dtype))
+        self.in_features, self.out_features = K, N
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            flat, self.packed, INT4_GROUP, self.scales_and_zeros
+        )
+        y = y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        return linear.in_features % INT4_GROUP == 0 and linear.out_features % 16 == 0
+
+
+def _bias(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach().to(dtype)
+
+
+Plan = str | dict[str, str]
+"""One scheme for every linear layer, or {"default": scheme, "layers.0.attn.qkv": scheme, ...}."""
+
+
+def quantize_weights(model: nn.Module, plan: Plan, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Replace the model's nn.Linear layers with weight-only quantized ones, in place; returns how
+    many were replaced. Layers the int4 kernel cannot take (output rows not a multiple of 16,
+    inputs not a multiple of 32) fall back to int8. MLA's kv_up stays unquantized because the
+    absorbed decode path reads its weight directly. Inference only: the result has no gradients.
+    """
+    per_module = plan if isinstance(plan, dict) else {"default": plan}
+    for scheme in per_module.values():
+        if scheme not in SCHEMES:
+            raise LmforgeError(
+                f"unknown quantization {scheme!r}; choose one of {', '.join(SCHEMES)}"
+            )
+    if set(per_module.values()) == {"none"}:
+        return 0
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise LmforgeError(
+            f"int8/int4 weights use PyTorch's CPU kernels; on {device.type} use --quantize none"
+        )
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or name == "kv_up":
+                continue
+            full_name = f"{parent_name}.{name}" if parent_name else name
+            scheme = per_module.get(full_name, per_module.get("default", "none"))
+            if scheme == "none":
+                continue
+            if scheme == "int4" and Int4Linear.fits(child):
+                setattr(parent, name, Int4Linear(child, dtype))
+            else:
+                setattr(parent, name, Int8Linear(child, dtype))
+            replaced += 1
+    return replaced
