@@ -11,7 +11,7 @@ from conftest import build, tiny_model
 from torch import nn
 
 from lmforge.errors import LmforgeError
-from lmforge.models.quantize import Int4Linear, Int8Linear, quantize_weights
+from lmforge.models.quantize import PREFILL_ROWS, Int4Linear, Int8Linear, quantize_weights
 
 
 def linear(out_features: int, in_features: int, bias: bool = False, seed: int = 0) -> nn.Linear:
@@ -19,29 +19,36 @@ def linear(out_features: int, in_features: int, bias: bool = False, seed: int = 
     return nn.Linear(in_features, out_features, bias=bias)
 
 
-def dequantized_int4(layer: Int4Linear) -> torch.Tensor:
-    """W = (q - 8) * scale + zero, rebuilt by running the kernel on the identity."""
-    eye = torch.eye(layer.in_features, dtype=torch.bfloat16)
-    return layer(eye).float().t()  # (N, K)
+def kernel_weight(layer) -> torch.Tensor:
+    """The weight the decode kernel multiplies by: the kernel run on identity rows, a few at a time
+    (few rows take the kernel path, many the dequantized one)."""
+    eye = torch.eye(layer.in_features)
+    bias = 0 if layer.bias is None else layer.bias
+    return torch.cat([layer(rows) - bias for rows in eye.split(PREFILL_ROWS - 1)]).float().t()
 
 
 @pytest.mark.parametrize("kind", [Int8Linear, Int4Linear])
 def test_quantized_linear_is_close_to_the_float_one(kind):
     layer = linear(96, 128, bias=True)
-    x = torch.randn(3, 5, 128)
-    quantized = kind(layer, torch.bfloat16)
-    y = quantized(x.bfloat16()).float()
-    reference = layer(x)
-    error = (y - reference).norm() / reference.norm()
-    assert y.shape == (3, 5, 96)
-    assert error < (0.02 if kind is Int8Linear else 0.12), error
+    quantized = kind(layer)
+    for rows in (2, 40):  # the decode kernel, then the dequantized prefill path
+        x = torch.randn(rows, 5, 128)
+        y = quantized(x)
+        reference = layer(x)
+        error = (y - reference).norm() / reference.norm()
+        assert y.shape == (rows, 5, 96) and y.dtype == torch.float32
+        assert error < (0.02 if kind is Int8Linear else 0.12), error
+    # Both paths multiply by the same weights (up to bf16 rounding of the kernel's output).
+    torch.testing.assert_close(
+        quantized.dequantized().float(), kernel_weight(quantized), atol=1e-2, rtol=1e-2
+    )
 
 
 def test_int8_output_is_exactly_the_dequantized_matmul():
     layer = linear(48, 64)
-    quantized = Int8Linear(layer, torch.bfloat16)
+    quantized = Int8Linear(layer)
     x = torch.randn(4, 64).bfloat16()
-    expected = F.linear(x.float(), quantized.dequantized())
+    expected = F.linear(x.float(), quantized.dequantized().float())
     torch.testing.assert_close(quantized(x).float(), expected, atol=2e-2, rtol=1e-2)
 
 
@@ -56,7 +63,9 @@ def test_q4_1_weights_come_back_with_their_own_codes():
     )
     layer = linear(32, 128)
     layer.weight.data = published.clone()
-    rebuilt = dequantized_int4(Int4Linear(layer, torch.bfloat16))
+    quantized = Int4Linear(layer)
+    rebuilt = kernel_weight(quantized)
+    torch.testing.assert_close(quantized.dequantized().float(), rebuilt, atol=1e-2, rtol=1e-2)
     group_range = published.reshape(32, 4, 32).aminmax(dim=-1)
     step = ((group_range.max - group_range.min) / 15).repeat_interleave(32, dim=1)
     # Within a small fraction of one 4-bit step (bf16 rounding), far below the step itself.

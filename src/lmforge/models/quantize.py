@@ -15,6 +15,7 @@ precision it was published in.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import LmforgeError
@@ -23,34 +24,64 @@ SCHEMES = ("none", "int8", "int4")
 INT4_GROUP = 32
 
 
-class Int8Linear(nn.Module):
+PREFILL_ROWS = 16
+"""From this many rows (tokens x batch) on, dequantize to bf16 and use a plain matmul: the
+weight-only kernels are built for decoding's few rows and run a 512-token prefill ~2x slower
+than fp32, while AMX runs bf16 matmuls fast."""
+
+
+class _WeightOnly(nn.Module):
+    """Shared forward: the weight-only kernel for a few rows, a dequantized matmul for many."""
+
+    in_features: int
+    out_features: int
+    bias: torch.Tensor | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if flat.shape[0] >= PREFILL_ROWS:
+            y = F.linear(flat, self.dequantized().to(torch.bfloat16))
+        else:
+            y = self._kernel(flat)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight (N, K) these codes stand for, in the scales' dtype."""
+        raise NotImplementedError
+
+
+class Int8Linear(_WeightOnly):
     """y = x @ (q * scale).T + bias with int8 codes q (N, K) and one scale per output row."""
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         w = linear.weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         codes = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
         self.register_buffer("codes", codes)
-        self.register_buffer("scale", scale.to(dtype))
-        self.register_buffer("bias", _bias(linear, linear.weight.dtype))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("bias", _bias(linear))
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1]).to(self.scale.dtype)
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scale)
-        y = y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-        return y if self.bias is None else y + self.bias
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(flat, self.codes, self.scale)
 
     def dequantized(self) -> torch.Tensor:
-        return self.codes.float() * self.scale.float()[:, None]
+        return self.codes * self.scale[:, None]
 
 
-class Int4Linear(nn.Module):
-    """y = x @ W.T + bias with W = (q - 8) * scale + zero per group of 32 input channels."""
+class Int4Linear(_WeightOnly):
+    """y = x @ W.T + bias with W = (q - 8) * scale + zero per group of 32 input channels.
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+    The codes are kept twice, 4 bits each: in the kernel's packed layout, and as plain nibbles
+    (two per byte) for dequantizing, since the packed layout is the kernel's private business.
+    """
+
+    def __init__(self, linear: nn.Linear):
         super().__init__()
         w = linear.weight.detach().float()
         N, K = w.shape
@@ -64,33 +95,37 @@ class Int4Linear(nn.Module):
         scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         self.register_buffer("packed", packed)
-        self.register_buffer("scales_and_zeros", scales_and_zeros.to(dtype))  # (K/32, N, 2)
-        self.register_buffer("bias", _bias(linear, linear.weight.dtype))
+        self.register_buffer("nibbles", (codes[:, 0::2] | codes[:, 1::2] << 4).to(torch.uint8))
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(torch.bfloat16))
+        self.register_buffer("bias", _bias(linear))
         self.in_features, self.out_features = K, N
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat, self.packed, INT4_GROUP, self.scales_and_zeros
         )
-        y = y.reshape(*shape[:-1], self.out_features).to(x.dtype)
-        return y if self.bias is None else y + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        N, K = self.out_features, self.in_features
+        codes = torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).view(N, K)
+        scale, zero = self.scales_and_zeros.unbind(-1)  # (K/32, N) each
+        codes = codes.view(N, K // INT4_GROUP, INT4_GROUP).to(scale.dtype) - 8
+        return (codes * scale.t()[..., None] + zero.t()[..., None]).view(N, K)
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
         return linear.in_features % INT4_GROUP == 0 and linear.out_features % 16 == 0
 
 
-def _bias(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor | None:
-    return None if linear.bias is None else linear.bias.detach().to(dtype)
+def _bias(linear: nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach().clone()
 
 
 Plan = str | dict[str, str]
 """One scheme for every linear layer, or {"default": scheme, "layers.0.attn.qkv": scheme, ...}."""
 
 
-def quantize_weights(model: nn.Module, plan: Plan, dtype: torch.dtype = torch.bfloat16) -> int:
+def quantize_weights(model: nn.Module, plan: Plan) -> int:
     """Replace the model's nn.Linear layers with weight-only quantized ones, in place; returns how
     many were replaced. Layers the int4 kernel cannot take (output rows not a multiple of 16,
     inputs not a multiple of 32) fall back to int8. MLA's kv_up stays unquantized because the
@@ -119,8 +154,8 @@ def quantize_weights(model: nn.Module, plan: Plan, dtype: torch.dtype = torch.bf
             if scheme == "none":
                 continue
             if scheme == "int4" and Int4Linear.fits(child):
-                setattr(parent, name, Int4Linear(child, dtype))
+                setattr(parent, name, Int4Linear(child))
             else:
-                setattr(parent, name, Int8Linear(child, dtype))
+                setattr(parent, name, Int8Linear(child))
             replaced += 1
     return replaced
