@@ -30,6 +30,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart import machine  # noqa: E402
 
+from lmforge.models.config import ModelConfig  # noqa: E402
+from lmforge.models.counting import build_on_meta, flops_per_token  # noqa: E402
+from lmforge.train.runtime import measure_peak_flops  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LAYERS, HEADS, DIM, CONTEXT, BATCH = 6, 6, 384, 256, 64
@@ -130,6 +134,15 @@ def lmforge(steps: int, extra: list[str]) -> dict:
     return {"tokens_per_s": statistics.median(speeds), "peak_rss_gib": rss, "loss": loss}
 
 
+def model_flops_per_token() -> float:
+    """PaLM's training FLOPs per token of the benchmark shape (lmforge's GPT-2-style model)."""
+    config = ModelConfig(
+        vocab_size=65, context_length=CONTEXT, dim=DIM, num_layers=LAYERS, num_heads=HEADS,
+        mlp="gelu", norm="layernorm", position="learned", bias=True, tie_embeddings=True,
+    )  # fmt: skip
+    return flops_per_token(build_on_meta(config), CONTEXT)
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--baseline-only"]:  # the child process that runs the baseline
@@ -144,6 +157,10 @@ def main() -> None:
     child = [sys.executable, __file__, "--baseline-only", str(steps)]
     base = json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout)
     ours = lmforge(steps, args)
+    flops = model_flops_per_token()
+    peak = {d: measure_peak_flops(torch.device("cpu"), d) for d in ("fp32", "bf16")}
+    mfu_base = flops * base["tokens_per_s"] / peak["fp32"]
+    mfu_ours = flops * ours["tokens_per_s"] / peak["bf16"]
     rows = [
         ("date", datetime.date.today().isoformat()),
         ("machine", machine()),
@@ -154,6 +171,9 @@ def main() -> None:
         ("lmforge train tokens/s (median)", f"{ours['tokens_per_s']:,.0f}"),
         ("ratio lmforge / baseline", f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}x"),
         ("peak RSS baseline / lmforge GiB", f"{base['peak_rss_gib']:.2f} / {ours['peak_rss_gib']:.2f}"),
+        ("model FLOPs per token (PaLM: 6N + 12 L H Q T)", f"{flops / 1e6:.1f} M"),
+        ("peak TFLOP/s measured (2048^2 matmul): fp32 / bf16", f"{peak['fp32'] / 1e12:.2f} / {peak['bf16'] / 1e12:.2f}"),
+        ("MFU baseline (of fp32 peak) / lmforge (of bf16 peak)", f"{100 * mfu_base:.1f}% / {100 * mfu_ours:.1f}%"),
     ]  # fmt: skip
     table = "| CPU training throughput | value |\n|---|---|\n" + "\n".join(
         f"| {k} | {v} |" for k, v in rows

@@ -101,6 +101,9 @@ def test_lossy_exports_stay_close(tmp_path, dtype):
         ours = model(tokens)
         error = (model_from_state(config, state)(tokens) - ours).abs().max()
     assert error <= LOGIT_RTOL[dtype] * ours.abs().max()
+    # `--quantize auto` decodes the file at its precision: q8_0 -> int8, floats unquantized.
+    expected = {"default": "int8"} if dtype == "q8_0" else {"default": "none"}
+    assert gguf_quantization_plan(path) == expected
 
 
 @pytest.mark.parametrize(
