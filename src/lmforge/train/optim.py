@@ -55,8 +55,13 @@ def check_optimizer_config(config: OptimConfig, strategy: str) -> None:
             f"optim.name='muon' does not support parallel.strategy='{strategy}'; use "
             "parallel.strategy='ddp' with muon, or optim.name='adamw'"
         )
-    if config.lr <= 0 or (config.name == "muon" and config.muon_lr <= 0):
-        raise ConfigError("optim.lr and optim.muon_lr must be positive")
+    own_peaks = config.name == "muon" or config.embedding_lr is not None
+    if own_peaks and (config.lr <= 0 or config.muon_lr <= 0 or (config.embedding_lr or 1) <= 0):
+        # The schedule scales the other peaks by their ratio to lr.
+        raise ConfigError(
+            "optim.lr, optim.muon_lr and optim.embedding_lr must be positive with "
+            "optim.name='muon' or an optim.embedding_lr"
+        )
 
 
 EMBEDDING = "token_embedding.weight"
@@ -89,8 +94,8 @@ def _adamw(groups: list[dict], config: OptimConfig, device: torch.device, zero: 
 def _adamw_groups(named: list[tuple[str, nn.Parameter]], config: OptimConfig) -> list[dict]:
     """Weight decay on >= 2-D weights only (matrices and embeddings, not norms or biases); the
     token embedding in a group of its own when it has its own learning rate."""
-    embedding = [(n, p) for n, p in named if config.embedding_lr and n == EMBEDDING]
-    named = [(n, p) for n, p in named if not (config.embedding_lr and n == EMBEDDING)]
+    embedding = [(n, p) for n, p in named if config.embedding_lr is not None and n == EMBEDDING]
+    named = [(n, p) for n, p in named if not (config.embedding_lr is not None and n == EMBEDDING)]
     groups = [
         {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
@@ -111,10 +116,10 @@ def build_optimizer(
     shard_over_ranks (ZeRO-1): each rank keeps the AdamW state of, and updates, only its share of
     the parameters, then broadcasts them (torch's ZeroRedundancyOptimizer).
     """
+    check_optimizer_config(config, "zero1" if shard_over_ranks else "ddp")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if config.name == "adamw":
         return _adamw(_adamw_groups(named, config), config, device, shard_over_ranks)
-    check_optimizer_config(config, "zero1" if shard_over_ranks else "ddp")
     matrices = [p for n, p in named if muon_parameter(n, p)]
     rest = [(n, p) for n, p in named if not muon_parameter(n, p)]
     if not matrices:
