@@ -34,7 +34,9 @@ def recipe(run: dict) -> str:
     """The resolved config's shape and schedule, so an appended table names what it measured."""
     m, o, t = run["model"], run["optim"], run["train"]
     name = o.get("name", "adamw")
-    peaks = f"muon lr {o['muon_lr']:g}, adamw lr {o['lr']:g}" if name == "muon" else f"lr {o['lr']:g}"
+    peaks = (
+        f"muon lr {o['muon_lr']:g}, adamw lr {o['lr']:g}" if name == "muon" else f"lr {o['lr']:g}"
+    )
     if o.get("embedding_lr") is not None:
         peaks += f", embedding lr {o['embedding_lr']:g}"
     return (
