@@ -81,8 +81,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
     embedding_lr: float | None = None
-    """Peak learning rate of the token embedding (AdamW); None means lr. Each row is updated only
-    when its token occurs, so it can take a far larger step than the dense weights."""
+    """Peak learning rate of the token embedding (AdamW; with tied embeddings also the LM head);
+    None means lr. Each row is updated only when its token occurs, so it can take a far larger
+    step than the dense weights."""
     muon_lr: float = 0.02
     """muon: peak learning rate of the Muon matrices; warmup and decay scale it as they scale lr."""
     muon_momentum: float = 0.95

@@ -5,6 +5,7 @@ the strategy or the number of ranks: each rank writes the tensors it owns (FSDP:
 every tensor; ZeRO-1: the whole state of its share of the parameters; DDP: rank 0 writes the
 replicated state once), and each rank reads back exactly what it owns now, resharded by DCP.
 That is what lets a run saved at 2 ranks resume at 1, or at 1 resume at 2, or switch strategy.
+Each parameter's entry is its own optimizer's state: AdamW's step and moments, or Muon's momentum.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from lmforge.parallel.safe_reader import SafeReader
 from lmforge.train.optim import MuonAdamW, inner_optimizers
 
 SHARDED_DIR = "sharded_state"
+ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+MUON_STATE = ("momentum_buffer",)
 
 
 @contextmanager
@@ -43,14 +46,15 @@ def _owned_parameters(model: nn.Module, optimizer: torch.optim.Optimizer | MuonA
                 yield names[id(param)], param, inner
 
 
+def _state_keys(inner: torch.optim.Optimizer) -> tuple[str, ...]:
+    return MUON_STATE if isinstance(inner, torch.optim.Muon) else ADAMW_STATE
+
+
 def _state_template(inner: torch.optim.Optimizer, param: torch.Tensor) -> dict:
     """Tensors of the right shapes for DCP to load one parameter's state into."""
-    if isinstance(inner, torch.optim.Muon):
-        return {"momentum_buffer": torch.zeros_like(param)}
     return {
-        "step": torch.zeros((), dtype=torch.float32),
-        "exp_avg": torch.zeros_like(param),
-        "exp_avg_sq": torch.zeros_like(param),
+        key: torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(param)
+        for key in _state_keys(inner)
     }
 
 
@@ -64,7 +68,7 @@ def save_sharded_state(
     """Collective: every rank calls it with the same directory."""
     state: dict = {
         "optimizer": {
-            name: {key: inner.state[param][key] for key in _state_template(inner, param)}
+            name: {key: inner.state[param][key] for key in _state_keys(inner)}
             for name, param, inner in _owned_parameters(model, optimizer)
             if param in inner.state
         }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections import ChainMap
 
 import torch
 from torch import nn
@@ -24,10 +23,6 @@ class MuonAdamW:
     @property
     def param_groups(self) -> list[dict]:
         return [group for optimizer in self.optimizers for group in optimizer.param_groups]
-
-    @property
-    def state(self) -> ChainMap:
-        return ChainMap(*(optimizer.state for optimizer in self.optimizers))
 
     def step(self, closure=None) -> None:
         if closure is not None:
@@ -122,7 +117,7 @@ def build_optimizer(
         return _adamw(_adamw_groups(named, config), config, device, shard_over_ranks)
     matrices = [p for n, p in named if muon_parameter(n, p)]
     rest = [(n, p) for n, p in named if not muon_parameter(n, p)]
-    if not matrices:
+    if not matrices:  # nothing for Muon to take (e.g. only non-layer weights train)
         return _adamw(_adamw_groups(rest, config), config, device, False)
     # The loop sets every group's lr to schedule x lr_ratio, so one schedule drives both.
     muon = torch.optim.Muon(
