@@ -33,9 +33,15 @@ TARGET_LOSS, TARGET_S = 1.88, 35.0
 def recipe(run: dict) -> str:
     """The resolved config's shape and schedule, so an appended table names what it measured."""
     m, o, t = run["model"], run["optim"], run["train"]
+    name = o.get("name", "adamw")
+    peaks = (
+        f"muon lr {o['muon_lr']:g}, adamw lr {o['lr']:g}" if name == "muon" else f"lr {o['lr']:g}"
+    )
+    if o.get("embedding_lr") is not None:
+        peaks += f", embedding lr {o['embedding_lr']:g}"
     return (
         f"{m['num_layers']} x {m['dim']}, {m['num_heads']} heads, batch {t['micro_batch_size']} x "
-        f"{t['seq_len']}, lr {o['lr']:g} {o['schedule']} (warmup {o['warmup_steps']}), "
+        f"{t['seq_len']}, {name}: {peaks}, {o['schedule']} (warmup {o['warmup_steps']}), "
         f"{t['max_steps']} steps, {t['dtype']}"
     )
 

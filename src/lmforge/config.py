@@ -61,8 +61,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule."""
+    """The optimizer (AdamW, or Muon with AdamW) and the learning-rate schedule."""
 
+    name: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW for every parameter. muon: Muon for the 2-D matrices of the transformer layers
+    (attention, FFN) and AdamW (lr, betas, eps) for the embeddings, LM head, norms and biases."""
     lr: float = 1e-3
     min_lr: float = 1e-4
     """Floor of the cosine and the end of the warmup-stable-decay schedule."""
@@ -77,6 +80,14 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
+    embedding_lr: float | None = None
+    """Peak learning rate of the token embedding (AdamW; with tied embeddings also the LM head);
+    None means lr. Each row is updated only when its token occurs, so it can take a far larger
+    step than the dense weights."""
+    muon_lr: float = 0.02
+    """muon: peak learning rate of the Muon matrices; warmup and decay scale it as they scale lr."""
+    muon_momentum: float = 0.95
+    """muon: Nesterov momentum of the Muon matrices."""
 
 
 @dataclass

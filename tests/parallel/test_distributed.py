@@ -61,6 +61,14 @@ def test_two_ranks_equal_one_process_with_accumulation(workdir, single, strategy
     assert_same_run(workdir / strategy, single)
 
 
+def test_muon_at_two_ranks_equals_one_process(workdir):
+    """Muon with DDP: every rank orthogonalises the same averaged gradients."""
+    muon = ("--optim.name", "muon")
+    check(run_single(*train_args("muon-single", *muon), cwd=workdir))
+    check(run_launched(*train_args("muon-ddp", *muon, "--parallel.strategy", "ddp"), cwd=workdir))
+    assert_same_run(workdir / "muon-ddp", workdir / "muon-single")
+
+
 def test_fsdp_two_ranks_equal_one_process(single, fsdp_run):
     assert_same_run(fsdp_run, single)
     # Its optimizer state was written as two shards (one file per rank).
@@ -152,6 +160,7 @@ def test_global_batch_not_divisible_by_ranks_is_one_line(workdir):
         (["--parallel.backend", "nccl"], ["parallel.backend='nccl'", "gloo"]),
         (["--parallel.cpu_offload"], ["parallel.cpu_offload", "fsdp"]),
         (["--parallel.strategy", "fsdp", "--train.dtype", "fp16"], ["fsdp", "bf16"]),
+        (["--optim.name", "muon", "--parallel.strategy", "zero1"], ["muon", "zero1", "ddp"]),
     ],
 )
 def test_bad_parallel_settings_are_one_line_errors(workdir, flags, fragments):

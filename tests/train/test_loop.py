@@ -13,6 +13,8 @@ from conftest import tiny_run
 
 from lmforge.config import load_run_config
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.parallel.safe_reader import SafeReader
+from lmforge.parallel.sharded_state import SHARDED_DIR
 from lmforge.tokenizer import ByteTokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train import loop
@@ -38,13 +40,13 @@ def test_overfit_one_batch_drives_loss_to_zero(tmp_path, corpus_file, byte_data_
     assert result.step == 120 and result.val_loss > 1.0  # memorised, not generalised
 
 
-def resume_run(tmp_path, corpus_file, byte_data_dir, **train_overrides):
+def resume_run(tmp_path, corpus_file, byte_data_dir, optimizer="adamw", **train_overrides):
     return tiny_run(
         tmp_path,
         corpus_file,
         byte_data_dir,
         model={"dropout": 0.1},  # exercises the RNG state too
-        optim={"lr": 5e-3, "warmup_steps": 3},
+        optim={"name": optimizer, "lr": 5e-3, "warmup_steps": 3, "embedding_lr": 2e-2},
         train={
             "max_steps": 20,
             "micro_batch_size": 2,  # 2 micro-batches per step: accumulation
@@ -61,9 +63,14 @@ def final_weights(run_dir):
     return safetensors.torch.load_file(str(path))
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_resume_is_exact(tmp_path, corpus_file, byte_data_dir, monkeypatch, dtype):
-    straight = train(resume_run(tmp_path / "straight", corpus_file, byte_data_dir, dtype=dtype))
+@pytest.mark.parametrize(
+    ("dtype", "optimizer"), [("fp32", "adamw"), ("bf16", "adamw"), ("bf16", "muon")]
+)
+def test_resume_is_exact(tmp_path, corpus_file, byte_data_dir, monkeypatch, dtype, optimizer):
+    def config(out_dir):
+        return resume_run(out_dir, corpus_file, byte_data_dir, optimizer, dtype=dtype)
+
+    straight = train(config(tmp_path / "straight"))
     assert sorted(straight.losses) == list(range(1, 21))
 
     # The interrupted run dies right after its step-10 checkpoint is written.
@@ -76,14 +83,12 @@ def test_resume_is_exact(tmp_path, corpus_file, byte_data_dir, monkeypatch, dtyp
     monkeypatch.setattr(ckpt, "prune_checkpoints", die_after_first_checkpoint)
     interrupted_dir = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        train(resume_run(interrupted_dir, corpus_file, byte_data_dir, dtype=dtype))
+        train(config(interrupted_dir))
     monkeypatch.undo()
     assert (interrupted_dir / "checkpoints" / "last").resolve().name == "step-0000010"
 
     torch.manual_seed(12345)  # the resumed run must not depend on the process's RNG state
-    resumed = train(
-        resume_run(interrupted_dir, corpus_file, byte_data_dir, dtype=dtype), resume=True
-    )
+    resumed = train(config(interrupted_dir), resume=True)
     assert resumed.step == 20
     assert sorted(resumed.losses) == list(range(11, 21))
     for step in range(11, 21):
@@ -196,6 +201,30 @@ def test_resume_with_a_different_shape_is_refused(
         ConfigError, match=r"changes the model's shape \(model\.num_layers: 2 -> 3\)"
     ):
         train(run, resume=True)
+
+
+def test_resume_with_another_optimizer_is_refused(
+    tmp_path, corpus_file, byte_data_dir, trained_run
+):
+    run = tiny_run(trained_run, corpus_file, byte_data_dir, optim={"name": "muon"})
+    with pytest.raises(ConfigError, match="checkpoint holds 'adamw' state; resume with optim.name"):
+        train(run, resume=True)
+
+
+def test_muon_run_learns(tmp_path, corpus_file, byte_data_dir):
+    run = tiny_run(
+        tmp_path / "run",
+        corpus_file,
+        byte_data_dir,
+        optim={"name": "muon", "muon_lr": 0.05, "lr": 1e-2, "warmup_steps": 3},
+        train={"max_steps": 30, "log_interval": 10},
+    )
+    result = train(run)
+    assert result.losses[30] < result.losses[10] - 0.5, result.losses  # starts near ln(320)
+    metadata = SafeReader(tmp_path / "run" / "checkpoints" / "last" / SHARDED_DIR).read_metadata()
+    saved = set(metadata.state_dict_metadata)
+    assert "optimizer.layers.0.attn.qkv.weight.momentum_buffer" in saved
+    assert "optimizer.token_embedding.weight.exp_avg" in saved
 
 
 def test_resume_of_a_finished_run_is_a_no_op(tmp_path, corpus_file, byte_data_dir, trained_run):

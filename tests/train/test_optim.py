@@ -1,4 +1,4 @@
-"""Learning-rate schedules and AdamW parameter groups."""
+"""Learning-rate schedules, AdamW parameter groups and Muon's share of the parameters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import torch
 from conftest import build, tiny_model
 
 from lmforge.config import OptimConfig
-from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.errors import ConfigError
+from lmforge.train.optim import (
+    MuonAdamW,
+    build_optimizer,
+    check_optimizer_config,
+    inner_optimizers,
+    lr_at,
+    set_lr,
+)
 
 
 def schedule(config: OptimConfig, max_steps: int) -> list[float]:
@@ -96,3 +104,55 @@ def test_adamw_step_decays_matrices_and_leaves_vectors():
     for name, p in model.named_parameters():
         factor = 1 - lr * wd if p.dim() >= 2 else 1.0
         torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+
+
+def test_muon_takes_the_layers_matrices_and_adamw_the_rest():
+    model = build(tiny_model("tiny-gpt2", vocab_size=97))  # has biases and LayerNorm weights
+    config = OptimConfig(name="muon", lr=1e-3, muon_lr=0.02, embedding_lr=0.1, weight_decay=0.1)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    assert isinstance(optimizer, MuonAdamW)
+    muon, adamw = inner_optimizers(optimizer)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert muon_names == {
+        n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("layers.")
+    }
+    assert any(n.endswith("attn.qkv.weight") for n in muon_names)
+    assert any(n.endswith("ffn.down.weight") for n in muon_names)
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+    adamw_names = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert {"token_embedding.weight", "final_norm.weight"} <= adamw_names
+    assert all(model.get_parameter(n).dim() < 2 for n in adamw_names if n.startswith("layers."))
+
+    set_lr(optimizer, 5e-4)  # half of the peak lr: every group at half of its own peak
+    lrs = {names[id(g["params"][0])]: g["lr"] for g in optimizer.param_groups}
+    assert [g["lr"] for g in muon.param_groups] == pytest.approx([0.01])
+    assert lrs["token_embedding.weight"] == pytest.approx(0.05)
+    decayed = [g for g in adamw.param_groups if g["weight_decay"] and "lr_ratio" not in g]
+    assert [g["lr"] for g in decayed] == pytest.approx([5e-4])
+
+
+def test_muon_step_orthogonalises_the_update():
+    """With one step from zero momentum, Muon's update to a square matrix is lr x an
+    approximately orthogonal matrix (Newton-Schulz leaves singular values near, not at, 1)."""
+    model = build(tiny_model("tiny-llama", vocab_size=97))
+    optimizer = build_optimizer(
+        model, OptimConfig(name="muon", muon_lr=0.1, weight_decay=0.0), torch.device("cpu")
+    )
+    weight = model.layers[0].attn.out.weight
+    before = weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    singular = torch.linalg.svdvals((before - weight.detach()) / 0.1)
+    assert singular.min() > 0.3 and singular.max() < 1.5
+
+
+@pytest.mark.parametrize("strategy", ["zero1", "fsdp"])
+def test_muon_refuses_sharded_strategies(strategy):
+    with pytest.raises(ConfigError, match=f"does not support parallel.strategy='{strategy}'"):
+        check_optimizer_config(OptimConfig(name="muon"), strategy)
+    check_optimizer_config(OptimConfig(name="muon"), "ddp")
+    check_optimizer_config(OptimConfig(name="adamw"), strategy)

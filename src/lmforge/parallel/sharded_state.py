@@ -5,6 +5,7 @@ the strategy or the number of ranks: each rank writes the tensors it owns (FSDP:
 every tensor; ZeRO-1: the whole state of its share of the parameters; DDP: rank 0 writes the
 replicated state once), and each rank reads back exactly what it owns now, resharded by DCP.
 That is what lets a run saved at 2 ranks resume at 1, or at 1 resume at 2, or switch strategy.
+Each parameter's entry is its own optimizer's state: AdamW's step and moments, or Muon's momentum.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from lmforge.errors import CheckpointError
 from lmforge.parallel.dist import DistInfo
 from lmforge.parallel.safe_reader import SafeReader
-from lmforge.train.optim import local_optimizer
+from lmforge.train.optim import MuonAdamW, inner_optimizers
 
 SHARDED_DIR = "sharded_state"
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+MUON_STATE = ("momentum_buffer",)
 
 
 @contextmanager
@@ -35,28 +37,40 @@ def _quiet_single_process():
         yield
 
 
-def _owned_parameters(model: nn.Module, optimizer: torch.optim.Optimizer):
-    """(name, parameter) for every parameter whose state this rank's optimizer holds."""
+def _owned_parameters(model: nn.Module, optimizer: torch.optim.Optimizer | MuonAdamW):
+    """(name, parameter, torch optimizer) for every parameter whose state this rank holds."""
     names = {id(p): name for name, p in model.named_parameters()}
-    for group in local_optimizer(optimizer).param_groups:
-        for param in group["params"]:
-            yield names[id(param)], param
+    for inner in inner_optimizers(optimizer):
+        for group in inner.param_groups:
+            for param in group["params"]:
+                yield names[id(param)], param, inner
+
+
+def _state_keys(inner: torch.optim.Optimizer) -> tuple[str, ...]:
+    return MUON_STATE if isinstance(inner, torch.optim.Muon) else ADAMW_STATE
+
+
+def _state_template(inner: torch.optim.Optimizer, param: torch.Tensor) -> dict:
+    """Tensors of the right shapes for DCP to load one parameter's state into."""
+    return {
+        key: torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros_like(param)
+        for key in _state_keys(inner)
+    }
 
 
 def save_sharded_state(
     directory: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | MuonAdamW,
     info: DistInfo,
     include_model: bool,
 ) -> None:
     """Collective: every rank calls it with the same directory."""
-    local = local_optimizer(optimizer)
     state: dict = {
         "optimizer": {
-            name: {key: local.state[param][key] for key in ADAMW_STATE}
-            for name, param in _owned_parameters(model, optimizer)
-            if param in local.state
+            name: {key: inner.state[param][key] for key in _state_keys(inner)}
+            for name, param, inner in _owned_parameters(model, optimizer)
+            if param in inner.state
         }
     }
     if include_model:
@@ -71,7 +85,7 @@ def holds_model(directory: Path) -> bool:
 
 
 def load_sharded_state(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | MuonAdamW, info: DistInfo
 ) -> None:
     """Fill this rank's optimizer state (and the model, if the directory holds it) in place."""
     if not (directory / ".metadata").is_file():
@@ -79,27 +93,19 @@ def load_sharded_state(
             f"{directory.parent} has no {SHARDED_DIR}/ to resume from; start a new run from its "
             "weights with --init_from instead"
         )
-    local = local_optimizer(optimizer)
     owned = list(_owned_parameters(model, optimizer))
-    template = {
-        name: {
-            "step": torch.zeros((), dtype=torch.float32),
-            "exp_avg": torch.zeros_like(param),
-            "exp_avg_sq": torch.zeros_like(param),
-        }
-        for name, param in owned
-    }
+    template = {name: _state_template(inner, param) for name, param, inner in owned}
     state: dict = {"optimizer": template}
     if holds_model(directory):
         state["model"] = model.state_dict()
     with _quiet_single_process():
         dcp.load(state, storage_reader=SafeReader(directory), no_dist=not info.initialized)
-    # Fused and capturable AdamW keep `step` on the parameter's device; the others on the CPU.
-    step_on_device = bool(local.defaults.get("fused") or local.defaults.get("capturable"))
-    for name, param in owned:
+    for name, param, inner in owned:
         loaded = template[name]
-        step = loaded["step"].to(param.device) if step_on_device else loaded["step"]
-        local.state[param] = {"step": step, **{k: loaded[k] for k in ADAMW_STATE[1:]}}
+        # Fused and capturable AdamW keep `step` on the parameter's device; the others on the CPU.
+        if "step" in loaded and (inner.defaults.get("fused") or inner.defaults.get("capturable")):
+            loaded["step"] = loaded["step"].to(param.device)
+        inner.state[param] = loaded
 
 
 def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[str, torch.Tensor]:

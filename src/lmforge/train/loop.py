@@ -53,7 +53,7 @@ from lmforge.train.health import (
 )
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.objective import Objective, PretrainObjective
-from lmforge.train.optim import build_optimizer, lr_at
+from lmforge.train.optim import build_optimizer, check_optimizer_config, lr_at, set_lr
 from lmforge.train.plot import plot_run
 from lmforge.train.run_checkpoint import (
     check_resumable,
@@ -127,6 +127,7 @@ def train(
         raise ConfigError(f"train.max_steps must be positive, got {run.train.max_steps}")
     run.model.validate()  # shape errors before the (possibly long) data preparation
     check_parallel_config(run.parallel, run.train.dtype)
+    check_optimizer_config(run.optim, run.parallel.strategy)
     info = init_distributed(
         run.train.device, run.parallel.backend, needs_process_group(run.parallel)
     )
@@ -184,7 +185,7 @@ def _train(
             raise CheckpointError(f"--resume: {out_dir} has no checkpoints; start without --resume")
         warn = tqdm.write if info.is_main else (lambda message: None)
         last = decided_by_main(info, lambda: latest_intact_checkpoint(checkpoints, warn))
-        state = check_resumable(run, last)
+        state = check_resumable(run, last, reset_optimizer)
 
     model = Transformer(run.model).to(device)
     if init_from:
@@ -302,8 +303,7 @@ def _train(
     model.train()
     while step < cfg.max_steps:
         lr = lr_scale * lr_at(step, cfg.max_steps, run.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         step_loss = torch.zeros((), device=device)
         for micro in range(accumulation):
             batch = train_loader.batch_at(0) if cfg.overfit_one_batch else train_loader.next()

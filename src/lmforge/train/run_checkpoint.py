@@ -33,6 +33,7 @@ from lmforge.parallel.sharded_state import (
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.objective import WeightsWriter
+from lmforge.train.optim import MuonAdamW
 
 
 def step_checkpoints(checkpoints: Path) -> list[Path]:
@@ -75,9 +76,17 @@ def reload_weights(model: nn.Module, directory: Path) -> None:
     weights_before_parallelize(model, directory)
 
 
-def check_resumable(run: RunConfig, directory: Path) -> dict:
-    """The train state of a checkpoint, after checking that this run's model fits it."""
+def check_resumable(run: RunConfig, directory: Path, reset_optimizer: bool = False) -> dict:
+    """The train state of a checkpoint, after checking that this run's model (and, unless
+    reset_optimizer, its optimizer) fits it."""
     state = ckpt.load_train_state(directory)
+    saved_optimizer = state.get("run_config", {}).get("optim", {}).get("name", "adamw")
+    if not reset_optimizer and saved_optimizer != run.optim.name:
+        raise ConfigError(
+            f"--resume with optim.name='{run.optim.name}', but the checkpoint holds "
+            f"'{saved_optimizer}' state; resume with optim.name='{saved_optimizer}', or add "
+            "--reset_optimizer to start a fresh optimizer"
+        )
     saved = ckpt.read_model_config(directory).shape_dict()
     current = run.model.shape_dict()
     changed = {k: (saved[k], current.get(k)) for k in saved if saved[k] != current.get(k)}
@@ -111,7 +120,7 @@ def weights_before_parallelize(model: nn.Module, directory: Path, whole_file: bo
 
 
 def restore_sharded(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | MuonAdamW, info: DistInfo
 ) -> None:
     load_sharded_state(directory / SHARDED_DIR, model, optimizer, info)
 
@@ -120,7 +129,7 @@ def save_run_checkpoint(
     checkpoints: Path,
     step: int,
     parallel: ParallelModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | MuonAdamW,
     tokenizer: Tokenizer,
     run: RunConfig,
     info: DistInfo,
