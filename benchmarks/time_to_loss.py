@@ -74,6 +74,10 @@ def main() -> None:
         ("wall s (process start to exit)", f"{wall:.1f}"),
         ("final val loss (nats/char)", f"{val['val_loss']:.4f} at step {val['step']}"),
         ("train tokens/s (median of log intervals)", f"{speeds[len(speeds) // 2]:,.0f}"),
+        (
+            "peak RSS GiB",
+            f"{max(r['peak_memory_gib'] for r in records if 'peak_memory_gib' in r):.2f}",
+        ),
         (f"target val <= {TARGET_LOSS} in <= {TARGET_S:.0f} s", "met" if met else "NOT met"),
     ]
     table = "| time to loss | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
