@@ -96,7 +96,8 @@ def generate(
     allows it). When a row reaches the context length, the cache is rebuilt from the most recent
     half-context of every row (rolling context), so generation can run past the context length.
     `on_tokens` receives each new (B,) token tensor. `compile` runs the one-token step through
-    torch.compile (the first call pays the compilation, later calls reuse it).
+    torch.compile where the StaticKVCache serves the model (the first call pays the compilation,
+    later calls with the same batch size and cache length reuse it).
     """
     assert prompts and all(prompts), "every prompt needs at least one token"
     device = next(model.parameters()).device
