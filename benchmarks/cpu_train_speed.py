@@ -28,13 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quickstart import machine  # noqa: E402
+from quickstart import append_to_benchmarks, key_value_table, machine  # noqa: E402
 
 from lmforge.models.config import ModelConfig  # noqa: E402
 from lmforge.models.counting import build_on_meta, flops_per_token  # noqa: E402
 from lmforge.train.runtime import measure_peak_flops  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LAYERS, HEADS, DIM, CONTEXT, BATCH = 6, 6, 384, 256, 64
 WARMUP = 2
@@ -175,13 +174,10 @@ def main() -> None:
         ("peak TFLOP/s measured (2048^2 matmul): fp32 / bf16", f"{peak['fp32'] / 1e12:.2f} / {peak['bf16'] / 1e12:.2f}"),
         ("MFU baseline (of fp32 peak) / lmforge (of bf16 peak)", f"{100 * mfu_base:.1f}% / {100 * mfu_ours:.1f}%"),
     ]  # fmt: skip
-    table = "| CPU training throughput | value |\n|---|---|\n" + "\n".join(
-        f"| {k} | {v} |" for k, v in rows
-    )
+    table = key_value_table("CPU training throughput", rows)
     print(table)
     if append:
-        with open(REPO / "BENCHMARKS.md", "a") as out:
-            out.write(f"\n{table}\n")
+        append_to_benchmarks(table)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,16 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def key_value_table(title: str, rows: list[tuple[str, str]]) -> str:
+    """A two-column Markdown table, the format every benchmark's results use."""
+    return f"| {title} | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def append_to_benchmarks(text: str) -> None:
+    with open(REPO / "BENCHMARKS.md", "a") as out:
+        out.write(f"\n{text}\n")
+
+
 def main() -> None:
     append = "--append" in sys.argv
     extra = [a for a in sys.argv[1:] if a != "--append"]

@@ -23,9 +23,8 @@ from pathlib import Path
 import tomllib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quickstart import machine  # noqa: E402
+from quickstart import append_to_benchmarks, key_value_table, machine  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 TARGET_LOSS, TARGET_S = 1.88, 35.0
 
@@ -80,11 +79,10 @@ def main() -> None:
         ),
         (f"target val <= {TARGET_LOSS} in <= {TARGET_S:.0f} s", "met" if met else "NOT met"),
     ]
-    table = "| time to loss | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    table = key_value_table("time to loss", rows)
     print(table)
     if append:
-        with open(REPO / "BENCHMARKS.md", "a") as out:
-            out.write(f"\n{table}\n")
+        append_to_benchmarks(table)
 
 
 if __name__ == "__main__":
