@@ -32,7 +32,7 @@ from quickstart import append_to_benchmarks, key_value_table, machine  # noqa: E
 
 from lmforge.models.config import ModelConfig  # noqa: E402
 from lmforge.models.counting import build_on_meta, flops_per_token  # noqa: E402
-from lmforge.train.runtime import measure_peak_flops  # noqa: E402
+from lmforge.runtime import measure_peak_flops  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LAYERS, HEADS, DIM, CONTEXT, BATCH = 6, 6, 384, 256, 64

@@ -102,9 +102,13 @@ class TrainConfig:
     """Sequences per forward/backward pass."""
     seq_len: int | None = None
     """Training sequence length; None means the model's context length."""
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Autocast precision (bf16 also on CPU; fp16 needs a GPU); weights stay fp32."""
-    compile: bool = False
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Autocast precision; weights stay fp32. auto: bf16 on GPUs that have it (else fp16 with a
+    gradient scaler), and on a CPU bf16 only where a measured matmul shows it is fast (AMX,
+    AVX512-BF16), else fp32. fp16 needs a GPU."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the model. auto: on GPUs, and on a CPU when the run is estimated to take
+    long enough (~5 min eager) to repay the compile time; the choice is logged."""
     device: str = "auto"
     """auto picks cuda, then mps, then cpu."""
     seed: int = 1337
@@ -117,7 +121,7 @@ class TrainConfig:
     overfit_one_batch: bool = False
     """Train on a single fixed batch: the loss must approach zero (a sanity check)."""
     peak_tflops: float | None = None
-    """Hardware peak for MFU; None measures a large matmul in the training dtype at start."""
+    """Hardware peak for MFU; None measures a matmul in the training dtype (cached per machine)."""
     hellaswag_interval: int = 0
     """Log HellaSwag acc / acc_norm every this many steps (and at the end); 0 is off."""
     hellaswag_limit: int = 200

@@ -10,9 +10,9 @@ import torch
 
 from lmforge.config import LoggingConfig, RunConfig
 from lmforge.errors import ConfigError
+from lmforge.runtime import autocast_context, measure_peak_flops, pick_device
 from lmforge.train.metrics import METRICS_FILE, MetricsLogger, read_metrics, series
 from lmforge.train.plot import plot_run
-from lmforge.train.runtime import autocast_context, measure_peak_flops, pick_device
 
 
 def test_pick_device():
