@@ -165,7 +165,7 @@ class Precision:
 
 
 def _gflops(rate: float) -> str:
-    return f"{rate / 1e9:,.1f}" if rate < 1e11 else f"{rate / 1e9:,.0f}"
+    return f"{rate / 1e9:,.1f}" if rate < 1e10 else f"{rate / 1e9:,.0f}"
 
 
 def cpu_bf16_speedup(device: torch.device) -> tuple[float, float, float]:
