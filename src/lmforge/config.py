@@ -106,6 +106,10 @@ class TrainConfig:
     """Autocast precision; weights stay fp32. auto: bf16 on GPUs that have it (else fp16 with a
     gradient scaler), and on a CPU bf16 only where a measured matmul shows it is fast (AMX,
     AVX512-BF16), else fp32. fp16 needs a GPU."""
+    time_budget: float | None = None
+    """Seconds of training to fit the run into: after a few timed steps max_steps is lowered (never
+    raised) to what this machine finishes in that time. The chosen max_steps is logged, written to
+    config.toml and kept by --resume. None: train.max_steps as given, the same on every machine."""
     compile: bool | Literal["auto"] = "auto"
     """torch.compile the model. auto: on GPUs, and on a CPU when the run is estimated to take
     long enough (~5 min eager) to repay the compile time; the choice is logged."""

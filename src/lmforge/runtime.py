@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -280,10 +281,15 @@ CPU_MFU_GUESS = 0.3
 
 
 def choose_compile(
-    setting: bool | str, device: torch.device, run_flops: float, peak: float
+    setting: bool | str,
+    device: torch.device,
+    run_flops: float,
+    peak: float,
+    time_budget: float | None = None,
 ) -> tuple[bool, str]:
     """Whether to torch.compile the model, and why: `auto` compiles on GPUs, and on a CPU when
-    the run is long enough (estimated from its FLOPs and the measured peak) to repay compiling."""
+    the run is long enough (estimated from its FLOPs and the measured peak, capped by its time
+    budget) to repay compiling."""
     if setting is True or setting == "on":
         return True, "compile on (requested)"
     if setting is False or setting == "off":
@@ -294,7 +300,7 @@ def choose_compile(
         return False, f"compile off (auto: {device.type})"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return False, "compile off (auto: no C++ compiler for Inductor)"
-    estimate = run_flops / (peak * CPU_MFU_GUESS)
+    estimate = min(run_flops / (peak * CPU_MFU_GUESS), time_budget or math.inf)
     if estimate >= COMPILE_PAYS_AFTER_S:
         return True, f"compile on (auto: ~{estimate / 60:.0f} min eager run)"
     return False, f"compile off (auto: ~{estimate:.0f} s eager run < {COMPILE_PAYS_AFTER_S:.0f} s)"

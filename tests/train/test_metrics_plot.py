@@ -74,3 +74,14 @@ def test_series_keeps_the_latest_value_of_a_replayed_step():
     assert series(records, "loss") == [(1, 5.0), (2, 4.0), (3, 3.5), (4, 3.0)]
     assert series(records, "val_loss") == [(2, 4.5)]
     assert series(records, "grad_norm") == []
+
+
+def test_plot_of_a_run_with_no_losses_warns_nothing(tmp_path):
+    import warnings
+
+    logger = MetricsLogger(tmp_path, LoggingConfig(), RunConfig())
+    logger.log(0, {"tokens": 0})  # stopped before its first log line
+    logger.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot_run(tmp_path).read_bytes()[:4] == b"\x89PNG"

@@ -77,6 +77,7 @@ from lmforge.train.run_checkpoint import (
     weights_before_parallelize,
 )
 from lmforge.train.signals import StopSignals
+from lmforge.train.time_budget import PROBE_STEPS, steps_within_budget
 
 
 @dataclass
@@ -129,6 +130,12 @@ def train(
         raise ConfigError("--resume and --init_from exclude each other; use one")
     if run.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps must be positive, got {run.train.max_steps}")
+    budget = run.train.time_budget
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ConfigError(
+            f"train.time_budget must be a positive number of seconds, got {budget}; "
+            "e.g. --train.time_budget 240, or leave it unset"
+        )
     run.model.validate()  # shape errors before the (possibly long) data preparation
     check_parallel_config(run.parallel, run.train.dtype)
     check_optimizer_config(run.optim, run.parallel.strategy)
@@ -218,7 +225,10 @@ def _train(
     first_step = start_step if start_step is not None else state["step"] if state else 0
     run_flops = flops_token * cfg.batch_tokens * max(cfg.max_steps - first_step, 0)
     compile_model, compile_reason = decided_by_main(
-        info, lambda: choose_compile(cfg.compile, device, run_flops / info.world_size, peak)
+        info,
+        lambda: choose_compile(
+            cfg.compile, device, run_flops / info.world_size, peak, cfg.time_budget
+        ),
     )
     parallel = parallelize(model, run.parallel, info, cfg.dtype, compile_model)
     optimizer = build_optimizer(
@@ -288,6 +298,7 @@ def _train(
             "health": health.state_dict(),
             "early_stopping": early_stopping.state_dict(),
             "world_size": info.world_size,
+            "budgeted_max_steps": None if budget_pending else cfg.max_steps,
             "run_config": to_dict(run),
         }
         save_run_checkpoint(
@@ -325,7 +336,10 @@ def _train(
         early_stopping.update(last_val)
     model.train()
     signals.training = True
-    started_at = step
+    started_at, train_start, probe_start = step, time.perf_counter(), 0.0
+    budget_pending = cfg.time_budget is not None
+    if budget_pending and state is not None and state.get("budgeted_max_steps"):
+        cfg.max_steps, budget_pending = state["budgeted_max_steps"], False  # decided before
     while step < cfg.max_steps:
         lr = lr_scale * lr_at(step, cfg.max_steps, run.optim)
         set_lr(optimizer, lr)
@@ -379,6 +393,23 @@ def _train(
         bar.update(1)
         if step == started_at + EARLY_REPORT_STEPS and step % cfg.log_interval:
             say(early_report(step, cfg, window_tokens, time.perf_counter() - window_start - paused))
+        if budget_pending and step == started_at + 1:
+            probe_start = time.perf_counter()
+        elif budget_pending and step == started_at + 1 + PROBE_STEPS:
+            now = time.perf_counter()
+            pace = (now - probe_start) / PROBE_STEPS
+            fit = functools.partial(
+                steps_within_budget, cfg, step, pace, now - train_start, accumulation
+            )
+            budgeted = decided_by_main(info, fit)  # rank 0's clock decides for every rank
+            say(
+                f"time_budget {cfg.time_budget:g} s at {pace:.2f} s/step: max_steps "
+                f"{cfg.max_steps} -> {budgeted} (recorded in config.toml and checkpoints)"
+            )
+            cfg.max_steps, budget_pending = budgeted, False
+            bar.total = cfg.max_steps
+            if info.is_main:
+                dump_toml(run, out_dir / "config.toml")
 
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             synchronize(device)
