@@ -18,7 +18,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from lmforge.config import LoraConfig, from_dict
+from lmforge._validate import from_dict
+from lmforge.config import LoraConfig
 from lmforge.errors import CheckpointError
 from lmforge.finetune.lora import adapter_state
 from lmforge.train.objective import WeightsWriter
