@@ -154,7 +154,7 @@ class ParallelConfig:
 
 @dataclass
 class HealthConfig:
-    """What a step does when its loss or gradients go bad (see README, Reliability)."""
+    """What a step does when its loss or gradients go bad (see docs/reliability.md)."""
 
     max_bad_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient norm (each one skipped) before
