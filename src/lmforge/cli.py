@@ -271,7 +271,7 @@ def run_finetune(command: FinetuneCommand) -> None:
 
 
 def run_merge(command: MergeCommand) -> None:
-    from lmforge.finetune.adapters import merge_checkpoint
+    from lmforge.finetune.merge import merge_checkpoint
 
     path = merge_checkpoint(command.checkpoint, command.out, command.base)
     print(f"merged {command.checkpoint} -> {path}")

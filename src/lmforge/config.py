@@ -8,9 +8,6 @@ dataclasses so that a misspelled or mistyped key fails before anything runs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +15,7 @@ from typing import Any, Literal
 import tomli_w
 import tomllib
 
+from lmforge._validate import from_dict
 from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig
 from lmforge.models.presets import preset_fields
@@ -164,7 +162,7 @@ class ParallelConfig:
 
 @dataclass
 class HealthConfig:
-    """What a step does when its loss or gradients go bad (see README, Reliability)."""
+    """What a step does when its loss or gradients go bad (see docs/reliability.md)."""
 
     max_bad_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient norm (each one skipped) before
@@ -319,58 +317,6 @@ def config_from_dict(
             raise ConfigError(f"{source}: model.preset must be str, got {preset!r}")
         model_data = preset_fields(preset) | model_data | {"preset": preset}
     return from_dict(cls, {**data, "model": model_data}, source)
-
-
-def from_dict(cls: type, data: dict, source: str, prefix: str = "") -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a table, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
-            hint = (
-                f"did you mean '{prefix}{close[0]}'?"
-                if close
-                else f"valid keys: {', '.join(fields)}"
-            )
-            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'; {hint}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = from_dict(hint, value, source, f"{prefix}{key}.")
-        else:
-            values[key] = _check_type(value, hint, f"{prefix}{key}", source)
-    return cls(**values)
-
-
-def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check_type(value, arg, key, source)
-            except ConfigError as error:
-                errors.append(error)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: {key} = {value!r} is not one of {choices}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(
-            f"{source}: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}"
-        )
-    return value
 
 
 def to_dict(config: Any) -> dict:
