@@ -9,4 +9,5 @@ bash scripts/setup.sh
 site=$(mktemp -d)
 .venv/bin/mkdocs build --strict --site-dir "$site"
 rm -rf "$site"
-.venv/bin/python -m pytest -q "$@"
+# --durations: the slowest tests show in every CI log, so a test that grows is seen
+.venv/bin/python -m pytest -q --durations=25 "$@"

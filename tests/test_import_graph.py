@@ -53,8 +53,6 @@ KNOWN_VIOLATIONS: frozenset[str] = frozenset(
         "upward: lmforge.finetune.pretrained -> lmforge.interop.hf",
         "upward: lmforge.finetune.pretrained -> lmforge.interop.hf_dir",
         "upward: lmforge.finetune.pretrained -> lmforge.interop.hf_tokenizer",
-        "upward: lmforge.parallel.dist -> lmforge.train.runtime",
-        "upward: lmforge.parallel.parallelize -> lmforge.train.runtime",
         "upward: lmforge.parallel.sharded_state -> lmforge.train.optim",
         "upward: lmforge.sample -> lmforge.cli",
         "upward: lmforge.train.loop -> lmforge.evals.hellaswag",
