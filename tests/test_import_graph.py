@@ -55,7 +55,7 @@ KNOWN_VIOLATIONS: frozenset[str] = frozenset(
         "upward: lmforge.finetune.pretrained -> lmforge.interop.hf_tokenizer",
         "upward: lmforge.parallel.sharded_state -> lmforge.train.optim",
         "upward: lmforge.sample -> lmforge.cli",
-        "upward: lmforge.train.loop -> lmforge.evals.hellaswag",
+        "upward: lmforge.train.hellaswag -> lmforge.evals.hellaswag",
         "upward: lmforge.train.objective -> lmforge.evals.loss",
     }
 )

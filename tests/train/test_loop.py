@@ -17,7 +17,7 @@ from lmforge.parallel.safe_reader import SafeReader
 from lmforge.parallel.sharded_state import SHARDED_DIR
 from lmforge.tokenizer import ByteTokenizer
 from lmforge.train import checkpoint as ckpt
-from lmforge.train import loop
+from lmforge.train import setup
 from lmforge.train.loop import accumulation_steps, resolve_vocab, train
 from lmforge.train.metrics import read_metrics
 
@@ -255,7 +255,7 @@ def test_resume_of_a_finished_run_is_a_no_op(tmp_path, corpus_file, byte_data_di
 def test_bad_settings_fail_before_training(
     tmp_path, corpus_file, byte_data_dir, monkeypatch, overrides, message
 ):
-    monkeypatch.setattr(loop, "Transformer", None)  # training must not get as far as the model
+    monkeypatch.setattr(setup, "Transformer", None)  # training must not get as far as the model
     if overrides.get("train", {}).get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     run = tiny_run(tmp_path / "run", corpus_file, byte_data_dir, **overrides)

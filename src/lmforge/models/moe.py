@@ -6,18 +6,20 @@ Routing: scores = softmax or sigmoid of the router logits; optional group-limite
 and a routed scaling factor. Dispatch sorts the (token, expert) assignments by expert, runs one
 matmul per expert on its contiguous slice and scatters back with index_add (no loop over tokens).
 
-Hooks for the training loop (all take the whole model):
-    moe_aux_loss(model)          summed load-balancing loss of the last forward, or None
-    update_router_biases(model)  bias += u * sign(mean_load - load) from the load since last call
-    expert_load_stats(model)     per-layer load fractions and coefficient of variation
+Balancing pieces for the training loop (all take the whole model; the loop reaches them through
+train/balancing.py, and the model knows nothing of process groups):
+    moe_aux_loss(model)                  summed load-balancing loss of the last forward, or None
+    update_router_biases(model, reduce)  bias += u * sign(mean_load - load) from the load since
+                                         the last call, summed over ranks by `reduce` if given
+    expert_load_stats(model)             per-layer load fractions and coefficient of variation
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -146,22 +148,24 @@ def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
     return torch.stack(losses).sum() if losses else None
 
 
+LoadReduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a per-expert load tensor over the ranks of a data-parallel run (returns the sum)."""
+
+
 @torch.no_grad()
-def update_router_biases(model: nn.Module) -> None:
+def update_router_biases(model: nn.Module, reduce: LoadReduce | None = None) -> None:
     """Auxiliary-loss-free balancing step; call once after each optimizer.step().
 
-    Under torch.distributed the counts are summed over ranks first, so every rank applies the same
-    update and the biases stay identical.
+    With several ranks, `reduce` sums the counts over them first, so every rank applies the same
+    update and the biases stay identical; None is one process.
     """
     for _, block in moe_layers(model):
         if not block.config.moe_bias_balancing:
             continue
-        load = block.load_since_update
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load)
+        load = block.load_since_update if reduce is None else reduce(block.load_since_update)
         bias = block.router.selection_bias
         bias += block.config.moe_bias_update_rate * torch.sign(load.mean() - load)
-        load.zero_()
+        block.load_since_update.zero_()
 
 
 @dataclass

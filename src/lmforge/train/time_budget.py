@@ -9,10 +9,14 @@ learning-rate schedule) instead of measuring again: a resumed run stays exact.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+from collections.abc import Callable
 
 from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
+from lmforge.parallel.dist import DistInfo, decided_by_main
 
 PROBE_STEPS = 3
 
@@ -36,3 +40,39 @@ def steps_within_budget(
     per_step = seconds_per_step + eval_cost / cfg.eval_interval
     fit = step + int(max(cfg.time_budget - elapsed - eval_cost, 0.0) / per_step)
     return max(step, min(cfg.max_steps, fit))
+
+
+class BudgetProbe:
+    """Times the probe steps of a run with a time budget and lowers cfg.max_steps after them.
+
+    A resumed run whose checkpoint recorded the decision keeps it and measures nothing."""
+
+    def __init__(self, cfg: TrainConfig, started_at: int, resumed_state: dict | None):
+        self.cfg = cfg
+        self.pending = cfg.time_budget is not None
+        if self.pending and resumed_state is not None and resumed_state.get("budgeted_max_steps"):
+            cfg.max_steps, self.pending = resumed_state["budgeted_max_steps"], False
+        self.started_at = started_at
+        self.train_start, self.probe_start = time.perf_counter(), 0.0
+
+    def after_step(
+        self, step: int, info: DistInfo, accumulation: int, say: Callable[[str], None]
+    ) -> bool:
+        """Call after each step; True when this step decided (and changed) cfg.max_steps."""
+        if self.pending and step == self.started_at + 1:
+            self.probe_start = time.perf_counter()
+        elif self.pending and step == self.started_at + 1 + PROBE_STEPS:
+            cfg = self.cfg
+            now = time.perf_counter()
+            pace = (now - self.probe_start) / PROBE_STEPS
+            fit = functools.partial(
+                steps_within_budget, cfg, step, pace, now - self.train_start, accumulation
+            )
+            budgeted = decided_by_main(info, fit)  # rank 0's clock decides for every rank
+            say(
+                f"time_budget {cfg.time_budget:g} s at {pace:.2f} s/step: max_steps "
+                f"{cfg.max_steps} -> {budgeted} (recorded in config.toml and checkpoints)"
+            )
+            cfg.max_steps, self.pending = budgeted, False
+            return True
+        return False
