@@ -169,6 +169,23 @@ def test_known_violations_are_current(graph: nx.DiGraph) -> None:
     assert not fixed, "fixed, so delete from KNOWN_VIOLATIONS:\n" + "\n".join(fixed)
 
 
+def test_models_know_nothing_of_process_groups() -> None:
+    """models/ is plain modules: collectives (e.g. MoE's expert-load all-reduce) are passed in
+    by train/ and parallel/, so a model runs, converts and exports without a process group."""
+    offenders = []
+    for path in sorted((SRC / PACKAGE / "models").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                base = node.module or ""
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            if any(name.startswith("torch.distributed") for name in names):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, f"models/ imports torch.distributed: {offenders}"
+
+
 def test_checker_finds_cycles_and_upward_imports(tmp_path: Path) -> None:
     """The checker itself: relative and in-function imports, cycles, upward imports."""
     package = tmp_path / "pkg"

@@ -15,6 +15,7 @@ from lmforge.models.moe import (
     expert_load_metrics,
     expert_load_stats,
     moe_aux_loss,
+    moe_layers,
     update_router_biases,
 )
 from lmforge.models.presets import model_preset
@@ -116,6 +117,33 @@ def test_aux_loss_free_bias_updates_balance_a_skewed_router():
     assert start > 1.0  # deliberately skewed
     assert untouched == pytest.approx(start)
     assert balanced < 0.3 * start, (start, balanced)
+
+
+def test_router_bias_update_follows_the_loads_that_reduce_returns():
+    """Under several ranks every rank must apply the update of the loads summed over ranks:
+    `reduce` gets each layer's local load and its result alone decides the update."""
+    torch.manual_seed(0)
+    config = tiny_model(vocab_size=V, **MOE, moe_scoring="sigmoid", moe_bias_balancing=True)
+    model = build(config).train()
+    model(torch.randint(0, V, (2, 16)))
+    blocks = [block for _, block in moe_layers(model)]
+    local = [block.load_since_update.clone() for block in blocks]
+    before = [block.router.selection_bias.clone() for block in blocks]
+    other_rank = torch.arange(6.0) * 100  # a second rank whose loads outweigh this one's
+    seen = []
+
+    def reduce(load: torch.Tensor) -> torch.Tensor:
+        seen.append(load.clone())
+        return load + other_rank
+
+    update_router_biases(model, reduce)
+    assert len(seen) == len(blocks) == 2
+    for block, load, bias, got in zip(blocks, local, before, seen, strict=True):
+        assert torch.equal(got, load)
+        total = load + other_rank
+        step = config.moe_bias_update_rate * torch.sign(total.mean() - total)
+        assert torch.equal(block.router.selection_bias, bias + step)
+        assert not block.load_since_update.any()  # counting starts again
 
 
 def test_expert_load_stats_and_metrics():
