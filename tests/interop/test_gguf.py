@@ -34,6 +34,7 @@ from lmforge.interop.gguf import (
 from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
 from lmforge.models.config import ModelConfig
 from lmforge.models.quantize import Int4Linear, quantize_weights
+from lmforge.runtime import bf16_is_fast
 from lmforge.tokenizer import ByteTokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model, save_checkpoint
@@ -353,15 +354,23 @@ def test_smollm2_chat_answers_paris(smollm2):
     assert "Paris" in reply, reply
 
 
-def test_smollm2_decodes_at_the_files_precision(smollm2, smollm2_gguf):  # noqa: F811
+@pytest.mark.parametrize("compute", ["fp32", "this machine's"])
+def test_smollm2_decodes_at_the_files_precision(smollm2, smollm2_gguf, compute):  # noqa: F811
     # The Q4_1 file's linears become int4 (the Q8_0 embedding, tied to the head, int8), and the
     # quantized model stays close to the fp32 one: perplexity within 5%, and it still answers.
+    # fp32 matmuls are what a CPU without native bf16 uses; every CPU checks that path, and its
+    # own choice (bf16 on AMX) too.
     model, tokenizer = smollm2
     plan = gguf_quantization_plan(smollm2_gguf)
     assert plan == {"default": "int4", "lm_head": "int8"}
+    fast = bf16_is_fast(torch.device("cpu"))
+    if compute != "fp32" and not fast:
+        pytest.skip("this CPU computes quantized matmuls in fp32: the fp32 case covers it")
+    dtype = torch.bfloat16 if compute != "fp32" else torch.float32
     quantized = copy.deepcopy(model)  # fp32 residual stream: bf16 would lose "Paris"
-    assert quantize_weights(quantized, plan) == 30 * 4 + 1
+    assert quantize_weights(quantized, plan, dtype) == 30 * 4 + 1
     assert isinstance(quantized.layers[0].ffn.up, Int4Linear)
+    assert quantized.layers[0].ffn.up.compute_dtype == dtype
     ids = torch.tensor([tokenizer.encode(ENGLISH)])
     with torch.no_grad():
         nll = {
