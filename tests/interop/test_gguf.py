@@ -14,6 +14,8 @@ from gguf_fixtures import (
     TEXT,
     random_model,
     smollm2_gguf,  # noqa: F401 (fixture)
+    smollm2_lmforge,
+    smollm2_transformers,
     tiny_checkpoint,
     tiny_tokenizer,
 )
@@ -297,13 +299,12 @@ VARIED = (
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf):  # noqa: F811
-    model, tokenizer = load_gguf(smollm2_gguf)
-    return model, tokenizer
+    return smollm2_lmforge(smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
 def smollm2_hf(smollm2_gguf):  # noqa: F811
-    return hf_gguf_model(smollm2_gguf)
+    return smollm2_transformers(smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -322,12 +323,12 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2, smollm2_hf):
     assert diff <= 1e-3
 
     prompt = ids[:24]
-    hf.generation_config.eos_token_id = None  # exactly 64 tokens from both
+    hf.generation_config.eos_token_id = None  # exactly 32 tokens from both
     expected = hf.generate(
         torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        do_sample=False, max_new_tokens=64, pad_token_id=0,
+        do_sample=False, max_new_tokens=32, pad_token_id=0,
     )[0, len(prompt) :].tolist()  # fmt: skip
-    ours = generate(model, [prompt], SamplingConfig(max_new_tokens=64, temperature=0))[0]
+    ours = generate(model, [prompt], SamplingConfig(max_new_tokens=32, temperature=0))[0]
     assert ours == expected
 
 
