@@ -72,6 +72,11 @@ def cpu_bf16_units() -> str:
     return "ARM-BF16" if "bf16" in flags else "none"
 
 
+EMULATION = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+"""Environment variables that make PyTorch's and oneDNN's kernels those of an older CPU (e.g.
+avx2 / AVX2 on an AMX Xeon: bf16 matmuls then run as slowly as on an AVX2-only CPU)."""
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -84,9 +89,11 @@ def cpu_model() -> str:
 
 def machine_summary() -> str:
     """One line for benchmark tables: CPU model, bf16 units, cores and torch version."""
+    emulated = [f"{k}={os.environ[k]}" for k in EMULATION if os.environ.get(k)]
     return (
         f"{cpu_model()} (bf16 units: {cpu_bf16_units()}), {os.cpu_count()} cores, "
         f"torch {torch.__version__}"
+        + (f", emulating an older CPU: {' '.join(emulated)}" if emulated else "")
     )
 
 
@@ -128,7 +135,7 @@ def _machine_key(device: torch.device, size: int) -> str:
         hardware = torch.cuda.get_device_name(device)
     else:
         hardware = f"{cpu_model()} | {cpu_bf16_units()} | threads {torch.get_num_threads()}"
-    isa = f"{os.environ.get('ATEN_CPU_CAPABILITY', '')}/{os.environ.get('ONEDNN_MAX_CPU_ISA', '')}"
+    isa = "/".join(os.environ.get(name, "") for name in EMULATION)
     return f"{device.type} | {hardware} | {isa} | torch {torch.__version__} | {size}"
 
 
