@@ -10,7 +10,7 @@ from conftest import tiny_run
 
 from lmforge.config import TrainConfig
 from lmforge.errors import ConfigError, TrainingError
-from lmforge.train import loop
+from lmforge.train import time_budget
 from lmforge.train.loop import train
 from lmforge.train.time_budget import PROBE_STEPS, steps_within_budget
 
@@ -43,12 +43,12 @@ def test_a_budget_that_is_not_a_positive_number_is_refused(
 def test_budgeted_steps_are_recorded_and_kept_by_resume(
     tmp_path, corpus_file, byte_data_dir, monkeypatch
 ):
-    real = loop.steps_within_budget
+    real = time_budget.steps_within_budget
 
     def at_a_fixed_pace(cfg, step, pace, elapsed, accumulation):
         return real(cfg, step, 1.0, float(step), accumulation)  # as if 1 s a step
 
-    monkeypatch.setattr(loop, "steps_within_budget", at_a_fixed_pace)
+    monkeypatch.setattr(time_budget, "steps_within_budget", at_a_fixed_pace)
     settings = {"max_steps": 50, "time_budget": 12.0, "checkpoint_interval": 6, "eval_interval": 6}
     out = tmp_path / "run"
     first = train(tiny_run(out, corpus_file, byte_data_dir, train=settings | {"max_steps": 50}))
@@ -62,7 +62,9 @@ def test_budgeted_steps_are_recorded_and_kept_by_resume(
     (out / "checkpoints" / "last").unlink()
     (out / "checkpoints" / "last").symlink_to("step-0000006")
     shutil.rmtree(out / "checkpoints" / "step-0000011")
-    monkeypatch.setattr(loop, "steps_within_budget", lambda *a: pytest.fail("measured again"))
+    monkeypatch.setattr(
+        time_budget, "steps_within_budget", lambda *a: pytest.fail("measured again")
+    )
     resumed = train(tiny_run(out, corpus_file, byte_data_dir, train=settings), resume=True)
     assert resumed.step == 11 and resumed.losses.keys() == set(range(7, 12))
     assert resumed.losses[11] == first.losses[11]  # and the resumed run is the same run
