@@ -169,9 +169,8 @@ def evaluate_and_checkpoint(
     if is_checkpoint:
         last_val = counters.last_val
         is_best = last_val is not None and last_val < counters.best_val
-        counters.best_val = (
-            min(counters.best_val, last_val) if last_val is not None else counters.best_val
-        )
+        if last_val is not None:
+            counters.best_val = min(counters.best_val, last_val)
         save(s, counters, is_best, budget_pending)
     if stop_requested:
         if not is_checkpoint:
