@@ -105,7 +105,7 @@ def baseline(max_iters: int, eval_batches: int) -> dict:
 def lmforge_rows(ours: dict, extra: list[str]) -> list[tuple[str, str]]:
     met = ours["val_loss"] <= TARGET_LOSS and ours["wall_s"] <= TARGET_S
     return [
-        ("lmforge command", "lmforge train --config shakespeare-speedrun " + " ".join(extra)),
+        ("lmforge command", " ".join(["lmforge train --config shakespeare-speedrun", *extra])),
         ("lmforge recipe", ours["recipe"]),
         ("lmforge data preparation", "counted (fresh data dir, char tokenizer, 90/10 split)"),
         ("lmforge wall s (process start to exit)", f"{ours['wall_s']:.1f}"),
@@ -138,10 +138,10 @@ def ratio_row(ours: dict, base: dict) -> tuple[str, str]:
     ratio = ours["wall_s"] / last["wall_s"]
     if ours["val_loss"] > TARGET_LOSS:
         verdict = f"NOT met (lmforge ended above {TARGET_LOSS})"
-    elif last["val"] > TARGET_LOSS:
-        verdict = f"not comparable (the baseline never reached {TARGET_LOSS})"
     else:
         verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+    if last["val"] > TARGET_LOSS:  # its time to the target is longer still: ratio is an upper bound
+        verdict += f" (an upper bound: the baseline never reached {TARGET_LOSS})"
     return (
         f"ratio lmforge wall / baseline wall (target <= {TARGET_RATIO})",
         f"{ratio:.2f}: {verdict}",
@@ -163,7 +163,11 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 def main() -> None:
     args, extra = parse_args()
-    rows = [("date", datetime.date.today().isoformat()), ("machine", machine())]
+    rows = [
+        ("date", datetime.date.today().isoformat()),
+        ("machine", machine()),
+        ("OMP_NUM_THREADS (both sides)", os.environ.get("OMP_NUM_THREADS", "unset")),
+    ]
     base = None if args.skip_baseline else baseline(args.max_iters, args.eval_batches)
     if not args.baseline_only:
         ours = lmforge(extra)

@@ -60,3 +60,17 @@ def test_baseline_only_prints_one_table_without_lmforge(shared_data):
     assert "| machine |" in done.stdout
     assert "| baseline val loss by iter | 0: " in done.stdout
     assert "lmforge" not in done.stdout and "ratio" not in done.stdout
+
+
+def test_ratio_verdicts():
+    import time_to_loss
+
+    def verdict(ours_wall: float, ours_val: float, base_wall: float, base_val: float) -> str:
+        ours = {"wall_s": ours_wall, "val_loss": ours_val}
+        base = {"evals": [{"wall_s": base_wall, "val": base_val}]}
+        return time_to_loss.ratio_row(ours, base)[1]
+
+    assert verdict(40, 1.85, 100, 1.87) == "0.40: met"
+    assert verdict(60, 1.85, 100, 1.87) == "0.60: NOT met"
+    assert verdict(40, 1.90, 100, 1.87).startswith("0.40: NOT met (lmforge ended above 1.88")
+    assert verdict(40, 1.85, 100, 1.92).startswith("0.40: met (an upper bound")
