@@ -156,6 +156,36 @@ class ChatCommand:
 
 
 @dataclass
+class ServeCommand:
+    """Serve a checkpoint over an OpenAI-compatible HTTP API (install lmforge[serve])."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    host: str = "127.0.0.1"
+    """Address to bind; any other than a loopback one needs --api_key."""
+    port: int = 8000
+    api_key: str | None = None
+    """Clients must send 'Authorization: Bearer KEY' (default: $LMFORGE_API_KEY, else none)."""
+    model_name: str | None = None
+    """The model id clients name in requests; default: the checkpoint directory's name."""
+    max_batch_size: int = 16
+    """Most prompts decoded together in one batch."""
+    max_tokens_cap: int = 4096
+    """Most tokens one prompt of a request may ask to generate."""
+    max_body_bytes: int = 4 * 2**20
+    """Largest request body accepted (413 above it)."""
+    template: str | None = None
+    """Chat template for /v1/chat/completions: a built-in name (chatml, llama3, llama2, alpaca)
+    or Jinja source; default: the tokenizer's own."""
+    device: str = "auto"
+    dtype: Dtype = "auto"
+    """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
+    quantize: Quantize = "auto"
+    """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass
 class PlotCommand:
     """Draw the loss curves of a run directory to a PNG."""
 
@@ -318,6 +348,18 @@ def run_chat(command: ChatCommand) -> None:
     chat(command)
 
 
+def run_serve(command: ServeCommand) -> None:
+    try:
+        from lmforge.serve.server import serve
+    except ImportError as error:
+        raise LmforgeError(
+            f"lmforge serve needs its extra ({error.name} is missing); "
+            "install it with: pip install 'lmforge[serve]'"
+        ) from None
+    refuse_adapters(command.checkpoint)
+    serve(command)
+
+
 def run_eval(command: EvalCommand) -> None:
     import json
 
@@ -403,6 +445,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "merge": (MergeCommand, run_merge),
     "sample": (SampleCommand, run_sample),
     "chat": (ChatCommand, run_chat),
+    "serve": (ServeCommand, run_serve),
     "eval": (EvalCommand, run_eval),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
