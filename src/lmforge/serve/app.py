@@ -57,7 +57,7 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "in_flight": state.in_flight, "largest_batch": engine.largest_batch}
 
     @app.get("/v1/models")
     async def models() -> dict:

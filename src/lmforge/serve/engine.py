@@ -110,6 +110,7 @@ class Engine:
         self.context_length = model.config.context_length
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
         self.stop_ids = set(tokenizer.stop_ids)
+        self.largest_batch = 0  # reported by /health: shows that concurrent requests batch
         self._pending: queue.Queue[Row | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
 
@@ -157,6 +158,7 @@ class Engine:
 
     def _decode(self, rows: list[Row]) -> None:
         model, device = self.model, self.device
+        self.largest_batch = max(self.largest_batch, len(rows))
         needed = max(len(r.prompt_ids) + r.max_tokens for r in rows)
         cache_len = min(self.context_length, -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING)
         cache_type = StaticKVCache if static_cache_supported(model.config) else KVCache
