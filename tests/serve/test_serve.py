@@ -107,6 +107,72 @@ def test_list_of_prompts_and_token_prompts(client, reference):  # noqa: F811
     assert [c.text for c in tokens.choices] == [c.text for c in texts.choices]
 
 
+def test_tokenizer_endpoints_use_the_served_tokenizer(server, reference):  # noqa: F811
+    """vLLM's /tokenize, /detokenize and /tokenizer_info, which lm-eval's local-completions
+    uses to tokenize with the server's own tokenizer."""
+    _, tokenizer = reference
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    text = PROMPTS[2]
+    plain = httpx.post(
+        f"{server.base}/tokenize", json={"prompt": text, "add_special_tokens": False},
+        headers=headers,
+    ).json()  # fmt: skip
+    assert plain["tokens"] == tokenizer.encode(text) and plain["max_model_len"] == CONTEXT
+    marked = httpx.post(f"{server.base}/tokenize", json={"prompt": text}, headers=headers).json()
+    assert marked["tokens"] == encode_prompt(tokenizer, text)
+    special = httpx.post(
+        f"{server.base}/tokenize", json={"prompt": "<|im_end|>", "add_special_tokens": False},
+        headers=headers,
+    ).json()  # fmt: skip
+    assert special["tokens"] == [tokenizer.eot_id]
+    back = httpx.post(
+        f"{server.base}/detokenize", json={"tokens": plain["tokens"]}, headers=headers
+    )
+    assert back.json()["prompt"] == text
+    info = httpx.get(f"{server.base}/tokenizer_info", headers=headers).json()
+    assert info["eos_token"] == "<|im_end|>" and "<|im_start|>" in info["chat_template"]
+    assert_openai_error(httpx.get(f"{server.base}/tokenizer_info"), 401)
+
+
+def test_lm_eval_local_completions_is_a_client(server, reference, monkeypatch):  # noqa: F811
+    """lm-evaluation-harness's own `local-completions` backend against the server (tokenizing
+    through its /tokenize): loglikelihoods and greedy flags equal a forward pass here, and
+    generate_until equals `sample`'s greedy text cut at the stop string."""
+    pytest.importorskip(
+        "lm_eval", reason="lm-eval is in the eval extra: pip install 'lmforge[eval]'"
+    )
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    model, tokenizer = reference
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)  # what local-completions sends as Bearer
+    lm = LocalCompletionsAPI(
+        base_url=f"{server.url}/completions", model=MODEL, auth_token=API_KEY, batch_size=4,
+        max_length=CONTEXT, max_retries=1,
+    )  # fmt: skip
+    assert lm.tokenizer_backend == "remote"
+    pairs = [("the quick brown", " fox jumps"), ("def model", "(tokens): return"), ("a", " b")]
+    requests = [
+        Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)
+    ]  # fmt: skip
+    scores = lm.loglikelihood(requests, disable_tqdm=True)
+    for (context, continuation), (logprob, greedy) in zip(pairs, scores, strict=True):
+        whole = tokenizer.encode(context + continuation)
+        start = len(tokenizer.encode(context))
+        with torch.no_grad():
+            logits = model(torch.tensor([whole]))[0].log_softmax(-1)
+        targets = whole[start:]
+        expected = sum(float(logits[start - 1 + i, t]) for i, t in enumerate(targets))
+        assert logprob == pytest.approx(expected, abs=1e-3)
+        assert greedy == all(
+            int(logits[start - 1 + i].argmax()) == t for i, t in enumerate(targets)
+        )
+    context = PROMPTS[0]
+    gen_kwargs = {"until": ["zzz"], "max_gen_toks": 12, "do_sample": False}
+    (text,) = lm.generate_until([Instance("generate_until", {}, (context, gen_kwargs), 0)], True)
+    assert text == greedy_reference(model, tokenizer, tokenizer.encode(context), 12)
+
+
 def test_stop_string_cuts_the_text(client):
     full = client.completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=24, temperature=0)
     text = full.choices[0].text

@@ -33,6 +33,7 @@ from lmforge.serve.responses import (
     sse,
     usage,
 )
+from lmforge.serve.tokenizer_routes import add_tokenizer_routes
 from lmforge.tokenizer.chat import encode_chat
 
 RequestModel = TypeVar("RequestModel", bound=SamplingRequest)
@@ -54,6 +55,7 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     add_error_handlers(app)
+    add_tokenizer_routes(app, engine, settings.template)
 
     @app.get("/health")
     async def health() -> dict:

@@ -26,8 +26,8 @@ async def send_error(send, status: int, message: str, type: str, code: str) -> N
 
 
 class Gate:
-    """Wraps the app: answers 503 while draining, 401 without the key on /v1, 413 for a body
-    over `max_body_bytes` (read fully here, then replayed to the app)."""
+    """Wraps the app: answers 503 while draining, 401 without the key (on all but /health), 413
+    for a body over `max_body_bytes` (read fully here, then replayed to the app)."""
 
     def __init__(self, app, state: ServerState, api_key: str | None, max_body_bytes: int):
         self.app, self.state = app, state
@@ -41,7 +41,7 @@ class Gate:
             message = "the server is shutting down; retry against another instance"
             await send_error(send, 503, message, "server_error", "shutting_down")
             return
-        if scope["path"].startswith("/v1") and not self._authorized(scope):
+        if scope["path"] != "/health" and not self._authorized(scope):
             message = "missing or wrong API key; send the header 'Authorization: Bearer KEY'"
             await send_error(send, 401, message, "invalid_request_error", "invalid_api_key")
             return
