@@ -152,7 +152,8 @@ def table(rows: list[dict], requests: int, max_tokens: int) -> str:
         f"### Serving throughput: SmolLM2-135M-Instruct (Q4_1 GGUF -> int4 + int8 head), "
         f"{requests} greedy requests of <= {max_tokens} new tokens",
         "",
-        f"Machine: {machine()}; bf16: {bf16_capability()}. "
+        f"Machine: {machine()}; {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} "
+        f"at the end: shared with other jobs); bf16: {bf16_capability()}. "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}. Made by "
         "`benchmarks/serve_throughput.py`.",
         "",
