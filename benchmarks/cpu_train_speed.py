@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomllib
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +33,7 @@ from quickstart import append_to_benchmarks, key_value_table, machine  # noqa: E
 
 from lmforge.models.config import ModelConfig  # noqa: E402
 from lmforge.models.counting import build_on_meta, flops_per_token  # noqa: E402
-from lmforge.train.runtime import measure_peak_flops  # noqa: E402
+from lmforge.runtime import format_flops, measure_peak_flops  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LAYERS, HEADS, DIM, CONTEXT, BATCH = 6, 6, 384, 256, 64
@@ -127,10 +128,16 @@ def lmforge(steps: int, extra: list[str]) -> dict:
         if done.returncode:
             sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
         records = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+        dtype = tomllib.loads(Path(f"{tmp}/run/config.toml").read_text())["train"]["dtype"]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][WARMUP:]
     rss = max(r["peak_memory_gib"] for r in records if "peak_memory_gib" in r)
     loss = [r["loss"] for r in records if "loss" in r][-1]
-    return {"tokens_per_s": statistics.median(speeds), "peak_rss_gib": rss, "loss": loss}
+    return {
+        "tokens_per_s": statistics.median(speeds),
+        "peak_rss_gib": rss,
+        "loss": loss,
+        "dtype": dtype,
+    }
 
 
 def model_flops_per_token() -> float:
@@ -159,7 +166,7 @@ def main() -> None:
     flops = model_flops_per_token()
     peak = {d: measure_peak_flops(torch.device("cpu"), d) for d in ("fp32", "bf16")}
     mfu_base = flops * base["tokens_per_s"] / peak["fp32"]
-    mfu_ours = flops * ours["tokens_per_s"] / peak["bf16"]
+    mfu_ours = flops * ours["tokens_per_s"] / peak[ours["dtype"]]
     rows = [
         ("date", datetime.date.today().isoformat()),
         ("machine", machine()),
@@ -171,8 +178,9 @@ def main() -> None:
         ("ratio lmforge / baseline", f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}x"),
         ("peak RSS baseline / lmforge GiB", f"{base['peak_rss_gib']:.2f} / {ours['peak_rss_gib']:.2f}"),
         ("model FLOPs per token (PaLM: 6N + 12 L H Q T)", f"{flops / 1e6:.1f} M"),
-        ("peak TFLOP/s measured (2048^2 matmul): fp32 / bf16", f"{peak['fp32'] / 1e12:.2f} / {peak['bf16'] / 1e12:.2f}"),
-        ("MFU baseline (of fp32 peak) / lmforge (of bf16 peak)", f"{100 * mfu_base:.1f}% / {100 * mfu_ours:.1f}%"),
+        ("lmforge dtype (auto picks from the machine)", ours["dtype"]),
+        ("peak measured (cached matmul; bf16 probed small where slow): fp32 / bf16", f"{format_flops(peak['fp32'])} / {format_flops(peak['bf16'])}"),
+        (f"MFU baseline (of fp32 peak) / lmforge (of {ours['dtype']} peak)", f"{100 * mfu_base:.1f}% / {100 * mfu_ours:.1f}%"),
     ]  # fmt: skip
     table = key_value_table("CPU training throughput", rows)
     print(table)

@@ -39,7 +39,7 @@ def run(args, nproc: int, strategy: str, checkpointing: str, work: Path, extra: 
         "--train.log_interval", "5", "--train.eval_interval", "100000",
         "--train.checkpoint_interval", "100000", "--logging.no_progress_bar",
         "--parallel.strategy", strategy, "--parallel.activation_checkpointing", checkpointing,
-        *(["--train.compile"] if args.compile else []), *extra,
+        *(["--train.compile", "True"] if args.compile else []), *extra,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:

@@ -1,7 +1,7 @@
 """The bad-input catalogue: every entry is a mistake a user makes, fed to the real CLI entry
 point. Each must end in one line naming the problem and the fix, a non-zero exit, no traceback,
 and every file that existed before left byte-for-byte intact. The number of entries is quoted in
-the README's Reliability section."""
+docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -187,5 +187,5 @@ def test_full_disk_during_save(world, capsys, monkeypatch):
 
 
 def test_catalogue_size():
-    """Quoted in the README (Reliability): keep the two in step."""
+    """Quoted in docs/reliability.md: keep the two in step."""
     assert len(CATALOGUE) + 1 == 21

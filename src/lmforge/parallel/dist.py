@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from lmforge import errors
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.train.runtime import pick_device
+from lmforge.runtime import pick_device
 
 T = TypeVar("T")
 

@@ -16,11 +16,11 @@ import uvicorn
 
 from lmforge.errors import ConfigError
 from lmforge.inference import prepare_for_decoding
+from lmforge.runtime import pick_device
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.gate import ServerState
 from lmforge.train.checkpoint import load_model
-from lmforge.train.runtime import pick_device
 
 if TYPE_CHECKING:
     from lmforge.cli import ServeCommand

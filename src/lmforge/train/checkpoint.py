@@ -30,7 +30,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from lmforge.config import from_dict
+from lmforge._validate import from_dict
 from lmforge.errors import CheckpointError
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer

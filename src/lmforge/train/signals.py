@@ -5,6 +5,9 @@ saves a resumable checkpoint and returns. A second SIGINT (an impatient Ctrl-C) 
 the process exits on the spot (exit code 130), because a KeyboardInterrupt raised in the middle
 of a library call can be caught and wrapped by it. Nothing is lost that a crash would not lose:
 checkpoints are staged and renamed, so the newest complete one stays intact.
+
+Before the first step (data preparation, tokenizer training, start-up measurements) there is
+nothing to save, so a signal stops the command at once, as it would any other program.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class StopSignals:
 
     def __init__(self):
         self.received: str | None = None
+        self.training = False
+        """Set when the loop starts: from then on a signal waits for the step boundary."""
         self._previous: dict = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -28,6 +33,8 @@ class StopSignals:
             sys.stderr.write("interrupted\n")
             sys.stderr.flush()
             os._exit(130)
+        if not self.training:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
         self.received = signal.Signals(signum).name
 
     def __enter__(self) -> StopSignals:
