@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError
-from lmforge.sample import encode_prompt
 from lmforge.serve.engine import Engine, Row
 from lmforge.serve.gate import Gate, ServerState
 from lmforge.serve.protocol import (
@@ -33,7 +32,7 @@ from lmforge.serve.responses import (
     sse,
     usage,
 )
-from lmforge.serve.tokenizer_routes import add_tokenizer_routes
+from lmforge.serve.tokenizer_routes import add_tokenizer_routes, start_marker
 from lmforge.tokenizer.chat import encode_chat
 
 RequestModel = TypeVar("RequestModel", bound=SamplingRequest)
@@ -161,10 +160,10 @@ def check_model(body: SamplingRequest, settings: ServeSettings) -> None:
 
 
 def encode_completion_prompt(engine: Engine, prompt: str | list[int]) -> list[int]:
-    """A text prompt gets the model's start marker, as in `lmforge sample`; token ids are used
-    as they are (lm-eval sends its own tokenization)."""
+    """A text prompt gets the model's start marker, as `lmforge sample` encodes it (the tests
+    check the two agree); token ids are used as they are (lm-eval sends its own tokenization)."""
     if isinstance(prompt, str):
-        return encode_prompt(engine.tokenizer, prompt) if prompt else []
+        return start_marker(engine.tokenizer) + engine.tokenizer.encode(prompt) if prompt else []
     vocab = engine.model.config.vocab_size
     if any(not 0 <= token < vocab for token in prompt):
         raise APIError(400, f"prompt token ids must be in [0, {vocab})", "prompt")

@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -20,10 +19,8 @@ from lmforge.runtime import pick_device
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.gate import ServerState
+from lmforge.serve.options import ServeCommand
 from lmforge.train.checkpoint import load_model
-
-if TYPE_CHECKING:
-    from lmforge.cli import ServeCommand
 
 API_KEY_ENV = "LMFORGE_API_KEY"
 
