@@ -78,6 +78,19 @@ def keep_cache_rows(cache: KVCache, index: torch.Tensor) -> None:
     cache.valid = cache.valid.index_select(0, index)
 
 
+def join_caches(caches: list[KVCache]) -> KVCache:
+    """One cache holding the rows of caches filled to the same slot, in order."""
+    joined = caches[0]
+    if len(caches) > 1:
+        joined.keys = [torch.cat(parts) for parts in zip(*(c.keys for c in caches), strict=True)]
+        joined.values = [
+            torch.cat(parts) for parts in zip(*(c.values for c in caches), strict=True)
+        ]
+        joined.valid = torch.cat([c.valid for c in caches])
+        joined.has_padding = any(c.has_padding for c in caches)
+    return joined
+
+
 def top_logprobs(logprobs: torch.Tensor, count: int) -> list[tuple[int, float]]:
     if count <= 0:
         return []
@@ -104,11 +117,13 @@ class Engine:
         tokenizer: Tokenizer,
         max_batch_size: int = 16,
         batch_wait_s: float = 0.01,
+        prefill_logits_budget: int = 2**26,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.context_length = model.config.context_length
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
+        self.prefill_logits_budget = prefill_logits_budget  # elements: 2**26 fp32 is 256 MiB
         self.stop_ids = set(tokenizer.stop_ids)
         self.largest_batch = 0  # reported by /health: shows that concurrent requests batch
         self._pending: queue.Queue[Row | None] = queue.Queue()
@@ -159,22 +174,10 @@ class Engine:
     def _decode(self, rows: list[Row]) -> None:
         model, device = self.model, self.device
         self.largest_batch = max(self.largest_batch, len(rows))
-        needed = max(len(r.prompt_ids) + r.max_tokens for r in rows)
-        cache_len = min(self.context_length, -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING)
-        cache_type = StaticKVCache if static_cache_supported(model.config) else KVCache
-        dtype = model.token_embedding.weight.dtype
         tokens, pads, positions = _left_pad([r.prompt_ids for r in rows], device)
-        cache = cache_type(model.config, len(rows), cache_len, device, dtype)
-        cache.set_padding(pads)
-        logits = model(tokens, cache=cache, positions=positions)
-        prompt_scores = {}
-        for i, row in enumerate(rows):
-            if row.echo_logprobs:
-                row_logits = logits[i, int(pads[i]) :]
-                prompt_scores[i] = prompt_logprobs(row_logits, row.prompt_ids, row.logprobs or 0)
+        cache, last, prompt_scores = self._prefill(rows, tokens, pads, positions)
         live = [_Decoding(row, self.tokenizer, device) for row in rows]
-        last, next_position = logits[:, -1], positions[:, -1:] + 1
-        del logits
+        next_position = positions[:, -1:] + 1
         origin = list(range(len(rows)))  # batch position -> index into `rows`
         while True:
             chosen = self._pick(last, live)
@@ -195,6 +198,35 @@ class Engine:
                 live, origin = [live[i] for i in keep], [origin[i] for i in keep]
             last = model(chosen[:, None], cache=cache, positions=next_position)[:, -1]
             next_position = next_position + 1
+
+    def _prefill(self, rows: list[Row], tokens, pads, positions):
+        """Fill one KV cache with the left-padded prompts (B, T); returns it, the last
+        position's logits (B, vocab) and the echoed rows' prompt logprobs by row.
+
+        The forward pass yields logits for every prompt position, B x T x vocab floats (16
+        rows of 8k tokens of a 49k vocabulary would be 25 GB), so rows are prefilled in groups
+        that keep it under `prefill_logits_budget` elements, and the caches joined after."""
+        config, device = self.model.config, self.device
+        needed = max(len(r.prompt_ids) + r.max_tokens for r in rows)
+        cache_len = min(self.context_length, -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING)
+        cache_type = StaticKVCache if static_cache_supported(config) else KVCache
+        dtype = self.model.token_embedding.weight.dtype
+        group = max(1, self.prefill_logits_budget // (tokens.shape[1] * config.vocab_size))
+        caches, lasts, scores = [], [], {}
+        for start in range(0, len(rows), group):
+            part = slice(start, start + group)
+            cache = cache_type(config, len(rows[part]), cache_len, device, dtype)
+            cache.set_padding(pads[part])
+            logits = self.model(tokens[part], cache=cache, positions=positions[part])
+            for i in range(start, start + len(rows[part])):
+                if rows[i].echo_logprobs:
+                    row_logits = logits[i - start, int(pads[i]) :]
+                    scores[i] = prompt_logprobs(
+                        row_logits, rows[i].prompt_ids, rows[i].logprobs or 0
+                    )
+            caches.append(cache)
+            lasts.append(logits[:, -1])
+        return join_caches(caches), torch.cat(lasts), scores
 
     @staticmethod
     def _pick(logits: torch.Tensor, live: list[_Decoding]) -> torch.Tensor:
