@@ -5,6 +5,7 @@ run in this process (`generate`, as `lmforge sample` runs it, and a plain forwar
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import httpx
@@ -345,6 +346,14 @@ def test_public_host_needs_an_api_key(serve_checkpoint, capsys, monkeypatch):  #
     code = main(["serve", "--checkpoint", str(serve_checkpoint), "--host", "0.0.0.0"])
     assert code == 2
     assert_one_line_error(capsys.readouterr().err, "--host 0.0.0.0", "--api_key")
+
+
+def test_missing_extra_is_one_line(serve_checkpoint, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.delitem(sys.modules, "lmforge.serve.server", raising=False)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if lmforge[serve] were not installed
+    code = main(["serve", "--checkpoint", str(serve_checkpoint)])
+    assert code == 2
+    assert_one_line_error(capsys.readouterr().err, "uvicorn", "pip install 'lmforge[serve]'")
 
 
 # Keep this test last: it shuts the module's server down.
