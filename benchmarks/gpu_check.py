@@ -10,9 +10,9 @@ fails or runs out of time is reported and the next one starts:
   nccl                 launch --nproc-per-node 1, backend nccl: ddp, zero1, fsdp; save + resume
   throughput-gpt2      GPT-2 124M: bf16, compile, flash SDPA, fused AdamW: tokens/s, MFU, memory
   throughput-llama     Llama-3.2-1B under launch with FSDP: tokens/s, MFU, memory
-  activation-ckpt      Llama-3.2-1B, none/selective/full: largest micro-batch, tokens/s, memory
   decode-smollm2       SmolLM2-135M shape, bf16, static cache + compile, batch 1 and 32
   decode-llama         Llama-3.2-1B shape, the same
+  activation-ckpt      Llama-3.2-1B, none/selective/full: largest micro-batch, tokens/s, memory
   gloo-2proc           2 ranks sharing GPU 0 over gloo with CUDA tensors vs one process
 The stages' limits add up to more than the budget; they stop being started once the budget
 (default 465 s, so the whole run stays under 8 minutes) is spent, and are reported as skipped:
@@ -45,9 +45,9 @@ STAGES = {
     "nccl": ("distributed:run_nccl", 75),
     "throughput-gpt2": ("throughput:run_gpt2", 120),
     "throughput-llama": ("throughput:run_llama", 130),
+    "decode-smollm2": ("decode:run_smollm2", 90),
+    "decode-llama": ("decode:run_llama", 90),
     "activation-ckpt": ("memory:run", 110),
-    "decode-smollm2": ("decode:run_smollm2", 60),
-    "decode-llama": ("decode:run_llama", 70),
     "gloo-2proc": ("distributed:run_gloo", 45),
 }
 DRY_RUN_LIMIT = 300

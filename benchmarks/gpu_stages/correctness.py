@@ -60,14 +60,16 @@ def run(ctx: StageContext) -> None:
 def deterministic_fp32():
     """Deterministic CUDA kernels and no TF32 while it is active (no effect on a CPU run)."""
     import torch
+    import torch.nn.attention
 
     from lmforge.train import loop
 
     fast_math = loop.enable_fast_math
     loop.enable_fast_math = lambda device: torch.set_float32_matmul_precision("highest")
     torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
+    try:  # SDPA's math backend: the fused kernels' fp32 backward may accumulate with atomics
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            yield
     finally:
         loop.enable_fast_math = fast_math
         torch.use_deterministic_algorithms(False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from allreduce_estimate import SETUPS, allreduce_seconds, model_numbers
 from parallel_throughput import TrainSettings, medians, train_command
 
 from gpu_stages.common import (
@@ -60,7 +61,8 @@ def run_llama(ctx: StageContext) -> None:
 def measure(ctx: StageContext, name: str) -> None:
     spec = (DRY_RUNS if ctx.dry_run else GPU_RUNS)[name]
     settings = spec.settings
-    flops_token = probe(ctx, settings, spec.vocab_size)
+    parameters, flops_token = model_numbers(settings.preset, settings.seq_len, spec.vocab_size)
+    probe(ctx, settings)
     out = ctx.work / f"throughput-{name}"
     extra = ("--model.vocab_size", str(spec.vocab_size)) if spec.vocab_size else ()
     data = data_flags(ctx.work)
@@ -83,49 +85,48 @@ def measure(ctx: StageContext, name: str) -> None:
     )
     ctx.record("peak memory GiB", round(result["peak_memory_gib"], 2))
     ctx.record("loss at last interval", round(result["loss"], 4))
+    if (
+        name == "gpt2"
+    ):  # what data parallelism over 8 GPUs would add (benchmarks/allreduce_estimate.py)
+        _, _, bandwidth = SETUPS[0]
+        reduce_ms = 1000 * allreduce_seconds(parameters, 8, bandwidth)
+        compute_ms = 1000 * settings.micro_batch * settings.seq_len / tokens_per_s
+        ctx.record(
+            "8-GPU fp32 all-reduce vs one micro-batch's step (NVLink 4 estimate)",
+            f"{reduce_ms:.2f} ms vs {compute_ms:.1f} ms",
+        )
 
 
-def probe(ctx: StageContext, settings: TrainSettings, vocab: int | None) -> float:
-    """Which SDPA kernel and AdamW implementation the run will use (one layer of the same shape,
-    forward and backward under the profiler), and the model's training FLOPs per token."""
+def probe(ctx: StageContext, settings: TrainSettings) -> None:
+    """Which SDPA kernel and AdamW implementation the run will use: one layer of the same shape,
+    forward and backward under the profiler."""
     import dataclasses
 
     import torch
 
     from lmforge.config import OptimConfig
     from lmforge.evals.loss import batch_loss
-    from lmforge.models.counting import build_on_meta, flops_per_token
     from lmforge.models.presets import model_preset
     from lmforge.models.transformer import Transformer
     from lmforge.train.optim import build_optimizer
     from lmforge.train.runtime import autocast_context
 
-    config = (
-        model_preset(settings.preset, vocab_size=vocab) if vocab else model_preset(settings.preset)
-    )
-    flops_token = flops_per_token(build_on_meta(config), settings.seq_len)
+    config = model_preset(settings.preset, vocab_size=256)
     device = torch.device(ctx.device)
-    small = dataclasses.replace(config, num_layers=1, vocab_size=256)
     with torch.device(device):
-        model = Transformer(small)
+        model = Transformer(dataclasses.replace(config, num_layers=1))
     optimizer = build_optimizer(model, OptimConfig(), device)
     ctx.record("AdamW", "fused" if optimizer.defaults.get("fused") else "foreach")
     tokens = torch.randint(0, 256, (2, settings.seq_len + 1), device=device)
     batch = (tokens[:, :-1], tokens[:, 1:])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         batch_loss(model, batch, autocast_context(device, settings.dtype)).backward()
-    kernels = sorted(
-        {
-            e.key
-            for e in profile.key_averages()
-            if "scaled_dot_product" in e.key and "backward" not in e.key
-        }
-    )
+    names = {event.key for event in profile.key_averages()}
+    kernels = sorted(n for n in names if "scaled_dot_product" in n and "backward" not in n)
     ctx.record("SDPA kernel", ", ".join(k.removeprefix("aten::") for k in kernels) or "none seen")
     del model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return flops_token
 
 
 def device_name() -> str:
