@@ -75,7 +75,7 @@ def run_stage_here(name: str, work: Path, result_file: Path, dry_run: bool) -> i
 def run_stage(name: str, work: Path, dry_run: bool, limit: float) -> dict:
     """One stage in a fresh process (its own CUDA context), killed with its children at `limit`."""
     result_file, log = work / "results" / f"{name}.json", work / "logs" / f"{name}.log"
-    command = [sys.executable, __file__, "--stage", name, "--work", str(work),
+    command = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--work", str(work),
                "--result", str(result_file), *(["--dry-run"] if dry_run else [])]  # fmt: skip
     start = time.monotonic()
     with open(log, "w") as out:
@@ -166,7 +166,7 @@ def main() -> int:
                "device": device, "environment": environment, "budget_s": args.budget,
                "total_s": round(total, 1), "stages": reports}  # fmt: skip
     header = (
-        f"### GPU check{' (dry run on the CPU)' if args.dry_run else ''}: {device}\n\n"
+        f"## GPU check{' (dry run on the CPU)' if args.dry_run else ''}: {device}\n\n"
         f"`python benchmarks/gpu_check.py{' --dry-run' if args.dry_run else ''}` on "
         f"{summary['date']}, {total:.0f} s in all. "
         + ", ".join(f"{k} {v}" for k, v in environment.items() if k != "device")

@@ -124,7 +124,9 @@ def descendants(pid: int) -> list[int]:
 def kill_tree(process: subprocess.Popen) -> None:
     """SIGKILL a process we started and everything below it, then wait until all are gone (so
     the GPU memory they held is free for the next stage)."""
-    victims = [*descendants(process.pid), process.pid]
+    victims = descendants(process.pid)
+    if process.poll() is None:  # a reaped pid may already belong to another process
+        victims.append(process.pid)
     for pid in victims:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

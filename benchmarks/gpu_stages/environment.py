@@ -34,7 +34,8 @@ def run(ctx: StageContext) -> None:
     ctx.record("compute capability", f"{properties.major}.{properties.minor}")
     ctx.record("driver", nvidia_driver_version())
     ctx.record("CUDA (torch build)", torch.version.cuda)
-    ctx.record("NCCL", ".".join(map(str, torch.cuda.nccl.version())))
+    nccl = torch.cuda.nccl.version()  # a tuple; an int in older builds
+    ctx.record("NCCL", ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl))
     ctx.record("cuDNN", torch.backends.cudnn.version())
     ctx.record("bf16 supported", torch.cuda.is_bf16_supported())
     ctx.record("flash SDPA enabled", torch.backends.cuda.flash_sdp_enabled())

@@ -46,6 +46,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, OptimConfig(), self.device)
         self.autocast = autocast_context(self.device, settings["dtype"])
         self.vocab = config.vocab_size
+        # The AdamW moments appear at the first step and stay: make them exist before any
+        # micro-batch is tried, or a fresh model's first step would fit more than later ones.
+        self.step(1)
 
     def step(self, micro_batch: int) -> None:
         import torch
@@ -126,6 +129,8 @@ def largest_micro_batch(ctx: StageContext, settings: dict, mode: str, info) -> t
 
 
 def run(ctx: StageContext) -> None:
+    import torch
+
     from lmforge.parallel.dist import init_distributed, shutdown
 
     settings = DRY if ctx.dry_run else GPU
@@ -138,7 +143,15 @@ def run(ctx: StageContext) -> None:
     try:
         for mode in ("none", "selective", "full"):
             micro_batch, trainer = largest_micro_batch(ctx, settings, mode, info)
-            tokens_per_s, memory = trainer.measure(micro_batch)
+            try:
+                tokens_per_s, memory = trainer.measure(micro_batch)
+            except torch.OutOfMemoryError:  # it fit once, not every time (fragmentation)
+                trainer.close()
+                trainer, micro_batch = (
+                    Trainer(ctx, settings, mode, info),
+                    max(1, micro_batch * 3 // 4),
+                )
+                tokens_per_s, memory = trainer.measure(micro_batch)
             ctx.record(f"{mode}: largest micro-batch", micro_batch)
             ctx.record(f"{mode}: tokens/s, peak GiB at it", f"{tokens_per_s:,.0f}, {memory:.1f}")
             reference = reference or micro_batch

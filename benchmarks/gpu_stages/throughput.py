@@ -85,9 +85,7 @@ def measure(ctx: StageContext, name: str) -> None:
     )
     ctx.record("peak memory GiB", round(result["peak_memory_gib"], 2))
     ctx.record("loss at last interval", round(result["loss"], 4))
-    if (
-        name == "gpt2"
-    ):  # what data parallelism over 8 GPUs would add (benchmarks/allreduce_estimate.py)
+    if name == "gpt2":  # what data parallelism over 8 GPUs adds (allreduce_estimate.py)
         _, _, bandwidth = SETUPS[0]
         reduce_ms = 1000 * allreduce_seconds(parameters, 8, bandwidth)
         compute_ms = 1000 * settings.micro_batch * settings.seq_len / tokens_per_s
