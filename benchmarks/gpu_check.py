@@ -68,7 +68,7 @@ def run_stage_here(name: str, work: Path, result_file: Path, dry_run: bool) -> i
     except Exception as exception:  # reported in the table; the traceback goes to the log
         traceback.print_exc()
         status, error = "failed", f"{type(exception).__name__}: {exception}"[:1500]
-    result_file.write_text(json.dumps({"results": ctx.results, "status": status, "error": error}))
+    ctx.write({"results": ctx.results, "status": status, "error": error})
     return 0
 
 
@@ -87,7 +87,7 @@ def run_stage(name: str, work: Path, dry_run: bool, limit: float) -> dict:
             code = None
     seconds = time.monotonic() - start
     outcome = {"results": {}, "status": "failed", "error": None}
-    if result_file.is_file():
+    if result_file.is_file():  # written atomically: whole, or the previous version
         saved = json.loads(result_file.read_text())
         outcome = saved if "status" in saved else outcome | {"results": saved}
     if code is None:
@@ -120,7 +120,7 @@ def run_all(stages: list[str], work: Path, dry_run: bool, budget: float) -> list
 
 def table(reports: list[dict]) -> str:
     def cell(text) -> str:
-        return str(text).replace("|", "/").replace("\n", " ")
+        return str(text).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| stage | status | s | results |", "|---|---|---:|---|"]
     for r in reports:

@@ -66,7 +66,13 @@ class StageContext:
     def record(self, key: str, value) -> None:
         """Keep a result, rewriting the results file at once (it survives a timeout)."""
         self.results[key] = value
-        self.result_file.write_text(json.dumps(self.results))
+        self.write(self.results)
+
+    def write(self, content: dict) -> None:
+        """Replace the results file atomically: a kill never leaves half a file."""
+        staging = self.result_file.with_suffix(".tmp")
+        staging.write_text(json.dumps(content))
+        os.replace(staging, self.result_file)
 
     def log(self, message: str) -> None:
         print(message, flush=True)
