@@ -22,6 +22,7 @@ import tyro
 from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
+from lmforge.serve.options import ServeCommand
 
 Dtype = Literal["auto", "fp32", "bf16"]
 Quantize = Literal["auto", "none", "int8", "int4"]
@@ -320,6 +321,18 @@ def run_chat(command: ChatCommand) -> None:
     chat(command)
 
 
+def run_serve(command: ServeCommand) -> None:
+    try:
+        from lmforge.serve.server import serve
+    except ImportError as error:
+        raise LmforgeError(
+            f"lmforge serve needs its extra ({error.name} is missing); "
+            "install it with: pip install 'lmforge[serve]'"
+        ) from None
+    refuse_adapters(command.checkpoint)
+    serve(command)
+
+
 def run_eval(command: EvalCommand) -> None:
     import json
 
@@ -405,6 +418,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "merge": (MergeCommand, run_merge),
     "sample": (SampleCommand, run_sample),
     "chat": (ChatCommand, run_chat),
+    "serve": (ServeCommand, run_serve),
     "eval": (EvalCommand, run_eval),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),

@@ -185,7 +185,7 @@ def test_smollm2_predictions_match_transformers(smollm2_gguf, shared_data):  # n
     examples = load_hellaswag(hellaswag_file(shared_data), limit=SMOLLM2_EXAMPLES)
     model, tokenizer = smollm2_lmforge(smollm2_gguf)
     assert not tokenizer.add_bos  # SmolLM2 has no BOS, so neither side adds one
-    ours = evaluate_hellaswag(model, tokenizer, examples, batch_size=4, progress=False)
+    ours = evaluate_hellaswag(model, tokenizer, examples, 4, "cpu", "fp32", progress=False)
     theirs = transformers_predictions(smollm2_gguf, examples)
     exact = agree = 0
     for mine, reference in zip(ours["predictions"], theirs, strict=True):

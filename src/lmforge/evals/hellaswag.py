@@ -159,7 +159,7 @@ def evaluate_hellaswag(
     examples: list[Example],
     batch_size: int = 8,
     device: torch.device | str = "cpu",
-    dtype: str = "auto",
+    dtype: str = "fp32",
     progress: bool = True,
 ) -> dict:
     """acc, acc_norm, n, examples_per_s and per-example predictions; batch_size counts examples

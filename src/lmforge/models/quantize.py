@@ -27,10 +27,11 @@ SCHEMES = ("none", "int8", "int4")
 INT4_GROUP = 32
 
 
-PREFILL_ROWS = 16
+PREFILL_ROWS = 64
 """From this many rows (tokens x batch) on, dequantize to the compute dtype and use a plain
 matmul: the weight-only kernels are built for decoding's few rows and run a 512-token prefill ~2x
-slower than fp32, while AMX runs bf16 matmuls fast."""
+slower than fp32. Below it they win: per layer they stayed faster up to 64-128 rows, and a
+16-request server batch that dequantized every step decoded 3x slower (BENCHMARKS.md, serve)."""
 
 
 class _WeightOnly(nn.Module):

@@ -61,7 +61,11 @@ def launch(argv: list[str]) -> int:
 
 
 def _local_workers(nproc_per_node: str) -> int:
-    """Workers on this node: torchrun accepts a number, or gpu / cpu / auto."""
-    if nproc_per_node.isdigit():
-        return int(nproc_per_node)
-    return 1 if nproc_per_node == "gpu" else os.cpu_count() or 1
+    """Workers on this node, as torchrun counts them: a number, or gpu / cpu / auto (one per
+    GPU where there are GPUs). A value torchrun rejects counts 1; torchrun reports it."""
+    from torch.distributed.run import determine_local_world_size
+
+    try:
+        return max(1, determine_local_world_size(nproc_per_node))
+    except ValueError:
+        return 1
