@@ -3,9 +3,8 @@ reference) and on the GPU: fp32 with deterministic kernels and TF32 off must mat
 losses within 1e-4 relative, and a second fp32 GPU run must repeat the first exactly; bf16
 autocast must stay within BF16_RTOL of the fp32 reference at every step.
 
-lmforge has no `train.deterministic` option, so the stage sets what makes CUDA deterministic
-itself (CUBLAS_WORKSPACE_CONFIG, torch.use_deterministic_algorithms) and keeps the training
-loop from turning TF32 on (its enable_fast_math hook), for the fp32 GPU runs only.
+The fp32 GPU runs use `train.deterministic` (deterministic kernels, no TF32) and SDPA's math
+backend, whose fp32 backward does not accumulate with atomics.
 """
 
 from __future__ import annotations
@@ -62,17 +61,12 @@ def deterministic_fp32():
     import torch
     import torch.nn.attention
 
-    from lmforge.train import loop
-
-    fast_math = loop.enable_fast_math
-    loop.enable_fast_math = lambda device: torch.set_float32_matmul_precision("highest")
-    torch.use_deterministic_algorithms(True, warn_only=True)
     try:  # SDPA's math backend: the fused kernels' fp32 backward may accumulate with atomics
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
             yield
     finally:
-        loop.enable_fast_math = fast_math
-        torch.use_deterministic_algorithms(False)
+        torch.use_deterministic_algorithms(False)  # train.deterministic turned it on
+        torch.set_float32_matmul_precision("high")
 
 
 def train_losses(ctx: StageContext, device: str, dtype: str, name: str) -> list[float]:
@@ -88,7 +82,8 @@ def train_losses(ctx: StageContext, device: str, dtype: str, name: str) -> list[
         "train": {"out_dir": str(ctx.work / "correctness" / name), "max_steps": STEPS,
                   "seq_len": 64, "micro_batch_size": 4, "batch_tokens": 256, "dtype": dtype,
                   "device": device, "log_interval": 1, "eval_interval": 10_000,
-                  "eval_batches": 1, "peak_tflops": 1.0},
+                  "eval_batches": 1, "peak_tflops": 1.0, "compile": False,
+                  "deterministic": dtype == "fp32" and device != "cpu"},
         "logging": {"progress_bar": False},
     }  # fmt: skip
     result = train(config_from_dict(data))

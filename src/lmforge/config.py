@@ -113,6 +113,9 @@ class TrainConfig:
     long enough (~5 min eager) to repay the compile time; the choice is logged."""
     device: str = "auto"
     """auto picks cuda, then mps, then cpu."""
+    deterministic: bool = False
+    """Deterministic kernels and no TF32, so that a GPU run repeats bitwise (at some speed cost;
+    CPU runs with a fixed seed repeat anyway)."""
     seed: int = 1337
     eval_interval: int = 200
     eval_batches: int = 20

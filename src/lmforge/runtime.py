@@ -245,6 +245,18 @@ def enable_fast_math(device: torch.device) -> None:
         torch.set_float32_matmul_precision("high")
 
 
+def configure_math(device: torch.device, deterministic: bool) -> None:
+    """TF32 on GPUs, or (deterministic) exact fp32 matmuls and deterministic kernels only, so a
+    GPU run repeats bitwise; a kernel with no deterministic version then raises."""
+    if not deterministic:
+        enable_fast_math(device)
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
+    torch.set_float32_matmul_precision("highest")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def measure_peak_flops(device: torch.device, dtype_name: str, size: int | None = None) -> float:
     """The denominator of MFU: the best rate of a square matmul in the dtype the run computes in,
     sized to take well under a second even where that dtype is slow, and cached per machine."""

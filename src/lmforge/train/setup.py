@@ -25,7 +25,7 @@ from lmforge.parallel.parallelize import ParallelModel, parallelize
 from lmforge.runtime import (
     autocast_context,
     choose_compile,
-    enable_fast_math,
+    configure_math,
     format_flops,
     measure_peak_flops,
 )
@@ -224,7 +224,7 @@ def set_up(
 ) -> tuple[TrainSetup, Counters]:
     """Everything the loop needs, and the counters it starts from (resumed or zero)."""
     resume = check_out_dir(run, resume)
-    enable_fast_math(info.device)
+    configure_math(info.device, run.train.deterministic)
     autocast = autocast_context(info.device, run.train.dtype)
     torch.manual_seed(run.train.seed)
     run, tokenizer, seq_len, accumulation = prepare_data(run, info, objective)
