@@ -168,3 +168,16 @@ def test_threads_follow_physical_cores_unless_omp_says_otherwise(monkeypatch):
         assert "OMP_NUM_THREADS" in runtime.choose_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_deterministic_math_turns_on_deterministic_kernels(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        runtime.configure_math(CPU, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+    runtime.configure_math(CPU, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
