@@ -113,7 +113,7 @@ CATALOGUE = {
     "zero-width": (lambda w: train(w, "--model.dim", "0"), ["model.dim must be positive"]),
     "negative-batch": (
         lambda w: train(w, "--train.micro_batch_size", "-1"),
-        ["train.batch_tokens and train.micro_batch_size must be positive"],
+        ["train.micro_batch_size must be >= 1, got -1"],
     ),
     "zero-steps": (lambda w: train(w, "--train.max_steps", "0"), ["train.max_steps must be"]),
     "sequence-longer-than-context": (

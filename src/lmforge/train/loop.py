@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from lmforge.config import RunConfig, dump_toml, to_dict
+from lmforge.config_checks import check_run_config
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.counting import count_parameters, flops_per_token
 from lmforge.models.moe import expert_load_metrics, moe_aux_loss, update_router_biases
@@ -123,9 +124,7 @@ def train(
     optimizer state."""
     if resume and init_from:
         raise ConfigError("--resume and --init_from exclude each other; use one")
-    if run.train.max_steps <= 0:
-        raise ConfigError(f"train.max_steps must be positive, got {run.train.max_steps}")
-    run.model.validate()  # shape errors before the (possibly long) data preparation
+    check_run_config(run)  # numbers, device, model shape, out_dir: before data preparation
     check_parallel_config(run.parallel, run.train.dtype)
     check_optimizer_config(run.optim, run.parallel.strategy)
     info = init_distributed(

@@ -7,24 +7,21 @@ import time
 
 import torch
 
+from lmforge.config_checks import check_device
 from lmforge.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", key: str = "--device") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={name} but no CUDA GPU is visible; use device='cpu' or 'auto'"
-        )
-    return device
+    check_device(name, key)
+    return torch.device(name)
 
 
 def autocast_context(device: torch.device, dtype_name: str):
