@@ -17,13 +17,13 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from conftest import assert_one_line_error
+from test_bad_input_catalogue import TINY, snapshot
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from lmforge.cli import main
 from lmforge.parallel.safe_reader import SafeReader
 from lmforge.train.checkpoint import MANIFEST_FILE, write_manifest
-from test_bad_input_catalogue import TINY, snapshot
 
 
 class Exploit:

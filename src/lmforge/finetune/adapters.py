@@ -21,6 +21,7 @@ from torch import nn
 from lmforge.config import LoraConfig, from_dict
 from lmforge.errors import CheckpointError
 from lmforge.finetune.lora import adapter_state, apply_lora, merge_lora
+from lmforge.json_files import read_json_object
 from lmforge.train.objective import WeightsWriter
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -46,7 +47,7 @@ def adapter_writer(config: LoraConfig, base: str | None) -> WeightsWriter:
 
 
 def read_adapter_config(directory: Path) -> tuple[LoraConfig, str | None]:
-    payload = json.loads((Path(directory) / ADAPTER_CONFIG).read_text())
+    payload = read_json_object(Path(directory) / ADAPTER_CONFIG)
     base = payload.pop("base", None)
     payload.pop("enabled", None)
     return from_dict(LoraConfig, payload, str(directory / ADAPTER_CONFIG), "lora."), base
@@ -98,11 +99,7 @@ def merge_checkpoint(path: str | Path, out: str | Path, base: str | None = None)
     apply_lora(model, lora)
     load_adapter_weights(model, directory)
     merge_lora(model)
-    info = (
-        json.loads((directory / ckpt.INFO_FILE).read_text())
-        if (directory / ckpt.INFO_FILE).is_file()
-        else {}
-    )
+    info = read_json_object(directory / ckpt.INFO_FILE, default={})
     info |= {"merged_from": str(directory.resolve()), "base": str(base)}
     return ckpt.save_checkpoint(out, model.eval(), load_tokenizer(directory), info)
 

@@ -38,6 +38,7 @@ def launch(argv: list[str]) -> int:
             "lmforge launch needs an lmforge command after its options, e.g. "
             "`lmforge launch --nproc-per-node 2 train --config tiny`"
         )
+    _check_counts(args)
     command = args.training_script
     args.training_script, args.module = "lmforge", True
     args.training_script_args = [command, *args.training_script_args]
@@ -58,6 +59,20 @@ def launch(argv: list[str]) -> int:
             )
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+def _check_counts(args) -> None:
+    """torchrun takes 0 processes or nodes and then divides by it; refuse before starting."""
+    if args.nproc_per_node.isdigit() and int(args.nproc_per_node) < 1:
+        raise ConfigError(
+            f"lmforge launch: --nproc-per-node must be >= 1 (or gpu, cpu, auto), got "
+            f"{args.nproc_per_node}"
+        )
+    low = str(args.nnodes).split(":")[0]
+    if not low.isdigit() or int(low) < 1:
+        raise ConfigError(
+            f"lmforge launch: --nnodes must be >= 1 (N or MIN:MAX), got {args.nnodes}"
+        )
 
 
 def _local_workers(nproc_per_node: str) -> int:

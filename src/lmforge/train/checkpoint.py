@@ -32,6 +32,7 @@ from torch import nn
 
 from lmforge.config import from_dict
 from lmforge.errors import CheckpointError
+from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -238,7 +239,7 @@ def _holds_model_shards(directory: Path) -> bool:
 
 
 def read_model_config(directory: Path) -> ModelConfig:
-    data = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    data = read_json_object(Path(directory) / CONFIG_FILE)
     return from_dict(ModelConfig, data, str(Path(directory) / CONFIG_FILE), "model.")
 
 
