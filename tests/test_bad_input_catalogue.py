@@ -393,5 +393,24 @@ def test_full_disk_during_save(world, capsys, monkeypatch):
 
 
 def test_catalogue_size():
-    """Quoted in docs/reliability.md: keep the two in step (+1: the full-disk test)."""
-    assert len(CATALOGUE) + 1 == 122
+    """Quoted in docs/reliability.md: keep the two in step (+2: the two disk tests)."""
+    assert len(CATALOGUE) + 2 == 123
+
+
+def test_file_size_limit_during_the_dcp_save(world):
+    """A real write failure, not a faked one: `ulimit -f` stops the optimizer state's .distcp
+    file (about 1.2 MB here) part way, inside torch.distributed.checkpoint's own writer."""
+    import subprocess
+    import sys
+
+    checkpoints = world["run"] / "checkpoints"
+    before = {name: snapshot(checkpoints / name) for name in os.listdir(checkpoints)}
+    config = world["run"] / "config.toml"
+    command = [sys.executable, "-m", "lmforge", "train", "--config", str(config), "--resume"]
+    command += ["--train.max_steps", "6", "--train.out_dir", str(world["run"])]
+    script = "ulimit -f 800 && exec " + " ".join(f"'{part}'" for part in command)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert_one_line_error(done.stderr, "could not write checkpoint", "File too large")
+    after = {name: snapshot(checkpoints / name) for name in os.listdir(checkpoints)}
+    assert after == before  # no step-0000006.tmp left, the earlier checkpoint intact
