@@ -32,7 +32,7 @@ def test_sigterm_to_the_launcher_saves_and_exits_zero(tmp_path, corpus_file, byt
     output = log.read_text()
     assert code == 0, output[-3000:]
     assert "Traceback" not in output and "SignalException" not in output, output[-3000:]
-    assert "stopped by SIGTERM" in output
+    assert "stopped by SIGTERM" in output and "death signal" not in output
     assert f"--nproc-per-node=2 {' '.join(args)} --resume" in output.splitlines()[-1]
     last = (tmp_path / "run" / "checkpoints" / "last").resolve()
     assert (last / "manifest.json").is_file() and (last / "sharded_state" / ".metadata").is_file()

@@ -56,6 +56,8 @@ def launch(argv: list[str]) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     # The agent logs each failed worker at ERROR level; we report failures ourselves below.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # Its "Received 15 death signal" warning comes from a logger with a level of its own.
+    logging.getLogger("torch.distributed.elastic.agent.server.api").setLevel(logging.ERROR)
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "120")
     received = _count_stop_signals()
     try:
