@@ -213,7 +213,7 @@ def consolidate_checkpoint(path: str | Path) -> Path:
         )
     directory = found[0].resolve()
     # The manifest is checked first, and a new one is written only over content it vouched for.
-    ckpt.verify_checkpoint(directory, required=True)
+    ckpt.verify_checkpoint(directory, required=True, replacing=(ckpt.MODEL_FILE,))
     if not holds_model(directory / SHARDED_DIR):
         raise CheckpointError(
             f"{directory}'s sharded state holds no model (it was not trained with fsdp): its "
