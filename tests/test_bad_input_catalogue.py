@@ -117,14 +117,15 @@ def toml(world, text: bytes | str) -> list[str]:
 
 
 def corrupt(name: str, content: bytes, manifest: str = "forged", command: str = "sample"):
-    """Replace a checkpoint file; the manifest is recomputed (a careful editor) or removed."""
+    """Replace a checkpoint file; the manifest is recomputed (a careful editor), removed, or
+    kept as it is (when it is the file replaced)."""
 
     def build(world) -> list[str]:
         checkpoint = last_checkpoint(world)
         (checkpoint / name).write_bytes(content)
         if manifest == "forged":
             write_manifest(checkpoint)
-        else:
+        elif manifest == "removed":
             (checkpoint / "manifest.json").unlink()
         if command == "init_from":
             return train(world, "--init_from", str(world["run"]))
@@ -358,6 +359,18 @@ CATALOGUE |= {
         corrupt("checkpoint.json", b'"hello"', manifest="removed"),
         ["checkpoint.json", "not an object"],
     ),
+    "manifest-garbage": (
+        corrupt("manifest.json", b"\x00garbage", manifest="kept"),
+        ["manifest.json is not a valid manifest"],
+    ),
+    "manifest-entries-wrong-type": (
+        corrupt("manifest.json", b'{"files": {"config.json": 5}}', manifest="kept"),
+        ["manifest.json is not a valid manifest"],
+    ),
+    "manifest-files-a-list": (
+        corrupt("manifest.json", b'{"files": [1]}', manifest="kept"),
+        ["manifest.json is not a valid manifest"],
+    ),
     "launch-zero-processes": (
         lambda w: ["launch", "--nproc-per-node", "0", *train(w)],
         ["--nproc-per-node must be"],
@@ -394,7 +407,7 @@ def test_full_disk_during_save(world, capsys, monkeypatch):
 
 def test_catalogue_size():
     """Quoted in docs/reliability.md: keep the two in step (+2: the two disk tests)."""
-    assert len(CATALOGUE) + 2 == 123
+    assert len(CATALOGUE) + 2 == 126
 
 
 def test_file_size_limit_during_the_dcp_save(world):

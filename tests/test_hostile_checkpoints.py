@@ -9,6 +9,7 @@ quoted in docs/reliability.md."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import shutil
@@ -122,9 +123,41 @@ PAYLOADS = {
 }
 
 
-def _commands(run: Path, tmp: Path, data: Path, corpus: Path) -> dict[str, list[str]]:
+FINETUNE = ["--finetune.template", "chatml", "--train.seq_len", "128", "--train.max_steps", "1"]
+FINETUNE += [
+    "--train.micro_batch_size",
+    "1",
+    "--train.batch_tokens",
+    "128",
+    "--train.dtype",
+    "fp32",
+]
+FINETUNE += ["--train.peak_tflops", "1", "--train.eval_batches", "1", "--logging.no_progress_bar"]
+
+
+@pytest.fixture(scope="module")
+def chat_records(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("records") / "chat.json"
+    turn = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "a b a"}]
+    path.write_text(json.dumps([{"messages": turn}] * 8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, base_run, chat_records) -> Path:
+    """A LoRA finetune of the (intact) base run: what `merge --base` folds into a base."""
+    out = tmp_path_factory.mktemp("lora") / "run"
+    args = ["finetune", "sft", "--init_from", str(base_run), "--finetune.data", str(chat_records)]
+    assert main([*args, *FINETUNE, "--finetune.lora.enabled", "--train.out_dir", str(out)]) == 0
+    return out
+
+
+def _commands(run: Path, tmp: Path, data: Path, corpus: Path, extra) -> dict[str, list[str]]:
     source = ["--data.source", str(corpus), "--data.dir", str(data), "--train.max_steps", "5"]
+    records = ["--finetune.data", str(extra["records"]), "--train.out_dir", str(tmp / "ft")]
     return {
+        "finetune": ["finetune", "sft", "--init_from", str(run), *records, *FINETUNE],
+        "merge": ["merge", str(extra["lora"]), "--base", str(run), "--out", str(tmp / "merged")],
         "resume": ["train", *TINY, *source, "--train.out_dir", str(run), "--resume"],
         "init_from": [
             "train",
@@ -175,6 +208,8 @@ REFUSALS = (
 
 COMMANDS = ("resume", "init_from", "consolidate", "sample", "eval", "export")
 CASES = [(p, m, c) for p in PAYLOADS for m in ("forged", "removed") for c in COMMANDS]
+# finetune and merge read only the weights, config and tokenizer: the forged manifest is enough.
+CASES += [(p, "forged", c) for p in PAYLOADS for c in ("finetune", "merge")]
 
 
 @pytest.fixture
@@ -197,16 +232,20 @@ def test_each_payload_is_live_when_loaded_unsafely(payload, hostile):
 
 @pytest.mark.parametrize(("payload", "manifest", "command"), CASES)
 def test_no_command_runs_a_payload(
-    payload, manifest, command, hostile, byte_data_dir, corpus_file, capsys
+    payload, manifest, command, hostile, byte_data_dir, corpus_file, request, capsys
 ):
     run, checkpoint, marker = hostile
+    extra = {"records": "unused", "lora": None}
+    if command in ("finetune", "merge"):
+        extra = {"records": request.getfixturevalue("chat_records")}
+        extra["lora"] = request.getfixturevalue("lora_run") if command == "merge" else None
     PAYLOADS[payload][0](checkpoint, marker)
     if manifest == "forged":
         write_manifest(checkpoint)  # a forger recomputes the checksums
     else:
         (checkpoint / MANIFEST_FILE).unlink()
     before = snapshot(run)
-    args = _commands(run, run.parent, byte_data_dir, corpus_file)[command]
+    args = _commands(run, run.parent, byte_data_dir, corpus_file, extra)[command]
     code = main(args)
     err = capsys.readouterr().err
     assert not marker.exists(), f"{payload} ran through {command}"
@@ -216,8 +255,10 @@ def test_no_command_runs_a_payload(
         line = assert_one_line_error(err.splitlines()[-1] + "\n")
         assert any(word in line for word in REFUSALS), line
         assert snapshot(run) == before
+    elif command == "consolidate" and manifest == "removed":
+        assert code == 2 and "no manifest.json" in err, err  # it reads only verified content
     else:
-        assert code in (0, 2), err
+        assert code == 0, err  # the command ran, without touching the hostile part
 
 
 def test_underfilled_index_is_refused_by_consolidate(hostile, capsys):
@@ -296,4 +337,4 @@ def test_convert_never_unpickles_weight_files(kind, hostile, request, capsys):
 
 def test_hostile_counts():
     """Quoted in docs/reliability.md: hostile files x commands tried, payloads executed (0)."""
-    assert len(CASES) == 48 and len(PAYLOADS) + 2 == 6
+    assert len(CASES) == 56 and len(PAYLOADS) + 2 == 6
