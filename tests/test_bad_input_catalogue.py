@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -47,6 +48,8 @@ def world(tmp_path, corpus_file, byte_data_dir, trained_run):
     (tmp_path / "binary.txt").write_bytes(b"PK\x03\x04\x00\x00binary")
     (tmp_path / "latin1.txt").write_bytes("naïve café".encode("latin-1"))
     (tmp_path / "run.toml").write_text("[model]\nnum_layer = 3\n")
+    turn = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "a b a"}]
+    (tmp_path / "chat.json").write_text(json.dumps([{"messages": turn}] * 8))
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, symlinks=True)
     return {"tmp": tmp_path, "corpus": corpus_file, "data": byte_data_dir, "run": run}
@@ -132,6 +135,17 @@ def corrupt(name: str, content: bytes, manifest: str = "forged", command: str = 
         return sample(world)
 
     return build
+
+
+def finetune(world, *extra: str, method: str = "sft") -> list[str]:
+    records = ["--finetune.data", str(world["tmp"] / "chat.json"), "--finetune.template", "chatml"]
+    out = ["--train.out_dir", str(world["tmp"] / "ft"), "--train.dtype", "fp32"]
+    return ["finetune", method, "--init_from", str(world["run"]), *records, *out, *extra]
+
+
+def finetune_from_truncated(world) -> list[str]:
+    truncate_weights_without_manifest(world)
+    return finetune(world)
 
 
 def out_dir_is_file(world) -> list[str]:
@@ -371,6 +385,25 @@ CATALOGUE |= {
         corrupt("manifest.json", b'{"files": [1]}', manifest="kept"),
         ["manifest.json is not a valid manifest"],
     ),
+    "finetune-nan-lr": (lambda w: finetune(w, "--optim.lr", "nan"), ["optim.lr must be > 0"]),
+    "finetune-zero-dpo-beta": (
+        lambda w: finetune(w, "--finetune.dpo_beta", "0", method="dpo"),
+        ["finetune.dpo_beta must be > 0"],
+    ),
+    "finetune-zero-lora-rank": (
+        lambda w: finetune(w, "--finetune.lora.enabled", "--finetune.lora.rank", "0"),
+        ["finetune.lora.rank must be >= 1"],
+    ),
+    "finetune-lora-dropout-one": (
+        lambda w: finetune(w, "--finetune.lora.dropout", "1.0"),
+        ["finetune.lora.dropout must be in [0, 1)"],
+    ),
+    "finetune-distill-nan-temperature": (
+        lambda w: finetune(w, "--finetune.temperature", "nan", method="distill"),
+        ["finetune.temperature must be > 0"],
+    ),
+    "finetune-device-tpu": (lambda w: finetune(w, "--train.device", "tpu"), ["train.device"]),
+    "finetune-from-truncated-weights": (finetune_from_truncated, ["model.safetensors"]),
     "launch-zero-processes": (
         lambda w: ["launch", "--nproc-per-node", "0", *train(w)],
         ["--nproc-per-node must be"],
@@ -407,7 +440,7 @@ def test_full_disk_during_save(world, capsys, monkeypatch):
 
 def test_catalogue_size():
     """Quoted in docs/reliability.md: keep the two in step (+2: the two disk tests)."""
-    assert len(CATALOGUE) + 2 == 126
+    assert len(CATALOGUE) + 2 == 133
 
 
 def test_file_size_limit_during_the_dcp_save(world):
