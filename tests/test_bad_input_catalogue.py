@@ -227,7 +227,7 @@ CATALOGUE = {
 
 # Numbers: finiteness and ranges (config_checks.RANGES), on the command line.
 NUMBERS = {
-    "optim.lr": ["nan", "inf", "-1", "0"],
+    "optim.lr": ["nan", "inf", "-1", "-inf"],
     "optim.min_lr": ["-1e-4", "nan"],
     "optim.beta1": ["1.5", "1", "-0.1"],
     "optim.beta2": ["nan", "2"],
@@ -267,9 +267,9 @@ for key, values in NUMBERS.items():
         )
 
 CATALOGUE |= {
-    "toml-nan-lr": (lambda w: toml(w, "[optim]\nlr = nan\n"), ["optim.lr must be > 0, got nan"]),
-    "toml-inf-lr": (lambda w: toml(w, "[optim]\nlr = inf\n"), ["optim.lr must be > 0, got inf"]),
-    "toml-negative-lr": (lambda w: toml(w, "[optim]\nlr = -0.1\n"), ["optim.lr must be > 0"]),
+    "toml-nan-lr": (lambda w: toml(w, "[optim]\nlr = nan\n"), ["optim.lr must be >= 0, got nan"]),
+    "toml-inf-lr": (lambda w: toml(w, "[optim]\nlr = inf\n"), ["optim.lr must be >= 0, got inf"]),
+    "toml-negative-lr": (lambda w: toml(w, "[optim]\nlr = -0.1\n"), ["optim.lr must be >= 0"]),
     "toml-beta1-above-1": (lambda w: toml(w, "[optim]\nbeta1 = 1.2\n"), ["optim.beta1"]),
     "toml-zero-interval": (
         lambda w: toml(w, "[train]\ncheckpoint_interval = 0\n"),
@@ -385,7 +385,7 @@ CATALOGUE |= {
         corrupt("manifest.json", b'{"files": [1]}', manifest="kept"),
         ["manifest.json is not a valid manifest"],
     ),
-    "finetune-nan-lr": (lambda w: finetune(w, "--optim.lr", "nan"), ["optim.lr must be > 0"]),
+    "finetune-nan-lr": (lambda w: finetune(w, "--optim.lr", "nan"), ["optim.lr must be >= 0"]),
     "finetune-zero-dpo-beta": (
         lambda w: finetune(w, "--finetune.dpo_beta", "0", method="dpo"),
         ["finetune.dpo_beta must be > 0"],

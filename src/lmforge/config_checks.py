@@ -32,7 +32,7 @@ FACTOR: Rule = (lambda v: 0 < v <= 1, "must be in (0, 1]")
 
 # "section.field": rule. None is always allowed for optional fields (it means "the default").
 RANGES: dict[str, Rule] = {
-    "optim.lr": POSITIVE,
+    "optim.lr": NON_NEGATIVE,  # 0 is legitimate: it freezes the weights (e.g. to test a run)
     "optim.min_lr": NON_NEGATIVE,
     "optim.warmup_steps": NON_NEGATIVE,
     "optim.decay_fraction": FRACTION_CLOSED,
