@@ -126,7 +126,8 @@ def check_device(name: str, key: str = "train.device") -> None:
         "mps": torch.backends.mps.is_available(),
     }.get(device.type, backend is not None and backend.is_available())
     if not available:
-        raise ConfigError(f"{key}={name!r} but this machine has no {device.type}; use auto or cpu")
+        label = {"cuda": "CUDA GPU", "mps": "Apple MPS GPU", "xpu": "Intel XPU"}[device.type]
+        raise ConfigError(f"{key}={name!r} but no {label} is visible; use auto or cpu")
     if backend is not None and device.index is not None and device.index >= backend.device_count():
         raise ConfigError(
             f"{key}={name!r} but only {backend.device_count()} {device.type} device(s) are "

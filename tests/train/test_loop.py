@@ -249,7 +249,7 @@ def test_resume_of_a_finished_run_is_a_no_op(tmp_path, corpus_file, byte_data_di
         ),
         ({"model": {"dim": 66}}, "does not divide model.dim=66"),
         ({"train": {"dtype": "fp16"}}, "fp16' needs a CUDA GPU"),
-        ({"train": {"device": "cuda"}}, "this machine has no cuda"),
+        ({"train": {"device": "cuda"}}, "no CUDA GPU is visible"),
     ],
 )
 def test_bad_settings_fail_before_training(
