@@ -3,18 +3,18 @@
     .venv/bin/python benchmarks/cpu_train_speed.py [--append] [--steps N] [extra `lmforge train` flags]
 
 Shapes (nanoGPT's shakespeare-char): 6 layers, 6 heads, width 384, context 256, batch 64,
-char-level Tiny Shakespeare. The baseline below is a minimal nanoGPT-like model (LayerNorm, GELU
-MLP, learned positions, tied embeddings, SDPA) trained in fp32 with torch's default AdamW; lmforge
-runs as a fresh `lmforge train` process with its defaults and a GPT-2-style model of the same
-size. Both report the median tokens/s over the steps after warm-up, each in its own process, so
-peak RSS is per side. Prints a table; --append adds it to BENCHMARKS.md.
+char-level Tiny Shakespeare. The baseline is the minimal nanoGPT-like model of tiny_gpt.py
+(LayerNorm, GELU MLP, learned positions, tied embeddings, SDPA) trained in fp32 with torch's
+default AdamW; lmforge runs as a fresh `lmforge train` process with its defaults and a
+GPT-2-style model of the same size. Both report the median tokens/s over the steps after
+warm-up, each in its own process, so peak RSS is per side. Prints a table; --append adds it to
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -23,60 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomllib
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart import append_to_benchmarks, key_value_table, machine  # noqa: E402
+from tiny_gpt import TinyGPT  # noqa: E402
 
 from lmforge.models.config import ModelConfig  # noqa: E402
 from lmforge.models.counting import build_on_meta, flops_per_token  # noqa: E402
-from lmforge.train.runtime import measure_peak_flops  # noqa: E402
+from lmforge.runtime import format_flops, measure_peak_flops  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 LAYERS, HEADS, DIM, CONTEXT, BATCH = 6, 6, 384, 256, 64
 WARMUP = 2
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(C, dim=-1)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp(self.norm2(x))
-
-
-class TinyGPT(nn.Module):
-    def __init__(self, vocab: int):
-        super().__init__()
-        self.tokens, self.positions = nn.Embedding(vocab, DIM), nn.Embedding(CONTEXT, DIM)
-        self.blocks = nn.Sequential(*(Block(DIM, HEADS) for _ in range(LAYERS)))
-        self.norm = nn.LayerNorm(DIM)
-        self.head = nn.Linear(DIM, vocab, bias=False)
-        self.head.weight = self.tokens.weight
-        for name, p in self.named_parameters():
-            if p.dim() >= 2:  # GPT-2 init, residual projections scaled down
-                std = (
-                    0.02 / math.sqrt(2 * LAYERS)
-                    if name.endswith(("proj.weight", "2.weight"))
-                    else 0.02
-                )
-                nn.init.normal_(p, 0.0, std)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(idx) + self.positions(torch.arange(idx.shape[1]))
-        logits = self.head(self.norm(self.blocks(x)))
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def baseline(steps: int) -> dict:
@@ -86,7 +46,7 @@ def baseline(steps: int) -> dict:
     chars = sorted(set(text))
     lookup = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([lookup[c] for c in text[: int(0.9 * len(text))]], dtype=torch.long)
-    model = TinyGPT(len(chars))
+    model = TinyGPT(len(chars), LAYERS, HEADS, DIM, CONTEXT)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     times = []
     for _ in range(WARMUP + steps):
@@ -127,10 +87,16 @@ def lmforge(steps: int, extra: list[str]) -> dict:
         if done.returncode:
             sys.exit(f"{' '.join(args)} failed:\n{done.stderr}")
         records = [json.loads(x) for x in Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()]
+        dtype = tomllib.loads(Path(f"{tmp}/run/config.toml").read_text())["train"]["dtype"]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][WARMUP:]
     rss = max(r["peak_memory_gib"] for r in records if "peak_memory_gib" in r)
     loss = [r["loss"] for r in records if "loss" in r][-1]
-    return {"tokens_per_s": statistics.median(speeds), "peak_rss_gib": rss, "loss": loss}
+    return {
+        "tokens_per_s": statistics.median(speeds),
+        "peak_rss_gib": rss,
+        "loss": loss,
+        "dtype": dtype,
+    }
 
 
 def model_flops_per_token() -> float:
@@ -159,7 +125,7 @@ def main() -> None:
     flops = model_flops_per_token()
     peak = {d: measure_peak_flops(torch.device("cpu"), d) for d in ("fp32", "bf16")}
     mfu_base = flops * base["tokens_per_s"] / peak["fp32"]
-    mfu_ours = flops * ours["tokens_per_s"] / peak["bf16"]
+    mfu_ours = flops * ours["tokens_per_s"] / peak[ours["dtype"]]
     rows = [
         ("date", datetime.date.today().isoformat()),
         ("machine", machine()),
@@ -171,8 +137,9 @@ def main() -> None:
         ("ratio lmforge / baseline", f"{ours['tokens_per_s'] / base['tokens_per_s']:.2f}x"),
         ("peak RSS baseline / lmforge GiB", f"{base['peak_rss_gib']:.2f} / {ours['peak_rss_gib']:.2f}"),
         ("model FLOPs per token (PaLM: 6N + 12 L H Q T)", f"{flops / 1e6:.1f} M"),
-        ("peak TFLOP/s measured (2048^2 matmul): fp32 / bf16", f"{peak['fp32'] / 1e12:.2f} / {peak['bf16'] / 1e12:.2f}"),
-        ("MFU baseline (of fp32 peak) / lmforge (of bf16 peak)", f"{100 * mfu_base:.1f}% / {100 * mfu_ours:.1f}%"),
+        ("lmforge dtype (auto picks from the machine)", ours["dtype"]),
+        ("peak measured (cached matmul; bf16 probed small where slow): fp32 / bf16", f"{format_flops(peak['fp32'])} / {format_flops(peak['bf16'])}"),
+        (f"MFU baseline (of fp32 peak) / lmforge (of {ours['dtype']} peak)", f"{100 * mfu_base:.1f}% / {100 * mfu_ours:.1f}%"),
     ]  # fmt: skip
     table = key_value_table("CPU training throughput", rows)
     print(table)

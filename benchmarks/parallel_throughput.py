@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,31 +28,66 @@ CONFIGS = [("ddp", "none"), ("ddp", "selective"), ("ddp", "full"), ("zero1", "no
 CONFIGS += [("fsdp", "none"), ("fsdp", "full")]
 
 
-def run(args, nproc: int, strategy: str, checkpointing: str, work: Path, extra: list[str]):
-    out = work / f"{strategy}-{checkpointing}-{nproc}"
-    command = [
+@dataclass(frozen=True)
+class TrainSettings:
+    """The shape of one throughput run, shared by every strategy it is run with."""
+
+    preset: str
+    steps: int
+    seq_len: int
+    micro_batch: int
+    batch_tokens: int
+    dtype: str
+    compile: bool
+    log_interval: int = 5
+
+
+def train_command(
+    settings: TrainSettings, out: Path, nproc: int, strategy: str, checkpointing: str,
+    data_flags: list[str], extra: tuple[str, ...] = (),
+) -> list[str]:  # fmt: skip
+    """`lmforge launch --standalone --nproc-per-node N train` of one throughput configuration
+    (no evaluation or checkpoint before the last step, no progress bar)."""
+    s = settings
+    return [
         sys.executable, "-m", "lmforge", "launch", "--standalone", f"--nproc-per-node={nproc}",
-        "train", "--model.preset", args.preset, "--data.source", str(args.source),
-        "--data.tokenizer", "byte", "--data.dir", str(work / "data"),
-        "--train.out_dir", str(out), "--train.max_steps", str(args.steps),
-        "--train.seq_len", str(args.seq_len), "--train.micro_batch_size", str(args.micro_batch),
-        "--train.batch_tokens", str(args.batch_tokens), "--train.dtype", args.dtype,
-        "--train.log_interval", "5", "--train.eval_interval", "100000",
+        "train", "--model.preset", s.preset, *data_flags,
+        "--train.out_dir", str(out), "--train.max_steps", str(s.steps),
+        "--train.seq_len", str(s.seq_len), "--train.micro_batch_size", str(s.micro_batch),
+        "--train.batch_tokens", str(s.batch_tokens), "--train.dtype", s.dtype,
+        "--train.log_interval", str(s.log_interval), "--train.eval_interval", "100000",
         "--train.checkpoint_interval", "100000", "--logging.no_progress_bar",
         "--parallel.strategy", strategy, "--parallel.activation_checkpointing", checkpointing,
-        *(["--train.compile"] if args.compile else []), *extra,
+        "--train.compile", str(bool(s.compile)), *extra,
     ]  # fmt: skip
+
+
+def medians(records: list[dict]) -> dict:
+    """Tokens/s and MFU medians over log intervals after the first (which includes warm-up and
+    compilation), peak memory over all of them, and the last training loss."""
+    logged = [r for r in records if "tokens_per_s" in r]
+    timed = logged[1:] or logged
+    return {
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
+        "mfu": statistics.median(r["mfu"] for r in timed),
+        "peak_memory_gib": max(r["peak_memory_gib"] for r in logged),
+        "loss": logged[-1]["loss"],
+    }
+
+
+def run(args, nproc: int, strategy: str, checkpointing: str, work: Path, extra: list[str]):
+    settings = TrainSettings(
+        args.preset, args.steps, args.seq_len, args.micro_batch, args.batch_tokens, args.dtype,
+        args.compile,
+    )  # fmt: skip
+    out = work / f"{strategy}-{checkpointing}-{nproc}"
+    data = ["--data.source", str(args.source), "--data.tokenizer", "byte",
+            "--data.dir", str(work / "data")]  # fmt: skip
+    command = train_command(settings, out, nproc, strategy, checkpointing, data, tuple(extra))
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{strategy}/{checkpointing}/{nproc} failed:\n{done.stdout}\n{done.stderr}")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    logged = [r for r in records if "tokens_per_s" in r][1:]  # the first includes warm-up
-    return {
-        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in logged),
-        "mfu": statistics.median(r["mfu"] for r in logged),
-        "peak_memory_gib": max(r["peak_memory_gib"] for r in logged),
-        "loss": records[-1].get("loss", logged[-1]["loss"]),
-    }
+    return medians([json.loads(line) for line in (out / "metrics.jsonl").open()])
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from lmforge.runtime import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
 LMFORGE = [sys.executable, "-m", "lmforge"]
@@ -34,14 +33,8 @@ def timed(args: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in (
-        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    ):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    """CPU model, its bf16 units, cores, torch version (and any ISA emulation), for every table."""
+    return machine_summary()
 
 
 def key_value_table(title: str, rows: list[tuple[str, str]]) -> str:

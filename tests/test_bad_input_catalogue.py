@@ -1,7 +1,7 @@
 """The bad-input catalogue: every entry is a mistake a user makes, fed to the real CLI entry
 point. Each must end in one line naming the problem and the fix, a non-zero exit, no traceback,
 and every file that existed before left byte-for-byte intact. The number of entries is quoted in
-the README's Reliability section."""
+docs/reliability.md."""
 
 from __future__ import annotations
 

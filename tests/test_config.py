@@ -121,7 +121,10 @@ def test_defaults_round_trip(tmp_path):
         ({"train": {"compile": 1}}, "train.compile must be bool, got int"),
         ({"optim": {"lr": "fast"}}, "optim.lr must be float, got str"),
         ({"train": {"seq_len": "long"}}, "train.seq_len must be int"),
-        ({"train": {"dtype": "fp8"}}, "train.dtype = 'fp8' is not one of 'bf16', 'fp16', 'fp32'"),
+        (
+            {"train": {"dtype": "fp8"}},
+            "train.dtype = 'fp8' is not one of 'auto', 'bf16', 'fp16', 'fp32'",
+        ),
         ({"optim": {"schedule": "linear"}}, "is not one of 'cosine', 'constant', 'wsd'"),
         ({"model": 3}, "'model' must be a table, got 3"),
         ({"data": "x"}, "'data' must be a table, got 'x'"),

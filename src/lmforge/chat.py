@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, TextIO
 from lmforge.errors import ConfigError
 from lmforge.generate import SamplingConfig, generate
 from lmforge.inference import prepare_for_decoding, should_compile
+from lmforge.runtime import pick_device
 from lmforge.sample import StreamPrinter
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model
-from lmforge.train.runtime import pick_device
 
 if TYPE_CHECKING:
     from lmforge.cli import ChatCommand

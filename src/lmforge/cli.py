@@ -22,6 +22,7 @@ import tyro
 from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
+from lmforge.serve.options import ServeCommand
 
 Dtype = Literal["auto", "fp32", "bf16"]
 Quantize = Literal["auto", "none", "int8", "int4"]
@@ -187,7 +188,8 @@ class HellaswagEval:
     """Evaluate only the first N examples."""
     batch_size: int = 8
     """Examples per forward pass (each is 4 rows, one per ending)."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where this machine runs it fast (GPU, AMX CPU), else fp32."""
     device: str = "auto"
     out: str | None = None
     """Write the summary and per-example predictions as JSON here (default: print only)."""
@@ -207,7 +209,8 @@ class LossEval:
     seq_len: int | None = None
     """Default: the model's context length."""
     device: str = "auto"
-    dtype: Literal["fp32", "bf16"] = "bf16"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 where this machine runs it fast (GPU, AMX CPU), else fp32."""
     document_masking: bool = False
     """Attend only within each document of a window (as in training with it)."""
 
@@ -271,7 +274,7 @@ def run_finetune(command: FinetuneCommand) -> None:
 
 
 def run_merge(command: MergeCommand) -> None:
-    from lmforge.finetune.adapters import merge_checkpoint
+    from lmforge.finetune.merge import merge_checkpoint
 
     path = merge_checkpoint(command.checkpoint, command.out, command.base)
     print(f"merged {command.checkpoint} -> {path}")
@@ -320,6 +323,18 @@ def run_chat(command: ChatCommand) -> None:
     chat(command)
 
 
+def run_serve(command: ServeCommand) -> None:
+    try:
+        from lmforge.serve.server import serve
+    except ImportError as error:
+        raise LmforgeError(
+            f"lmforge serve needs its extra ({error.name} is missing); "
+            "install it with: pip install 'lmforge[serve]'"
+        ) from None
+    refuse_adapters(command.checkpoint)
+    serve(command)
+
+
 def run_eval(command: EvalCommand) -> None:
     import json
 
@@ -336,13 +351,13 @@ def run_eval(command: EvalCommand) -> None:
         print(
             f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) "
             f"over {result['tokens']:,} tokens ({result['batches']} x {result['batch_size']} x "
-            f"{result['seq_len']}, {task.dtype})"
+            f"{result['seq_len']}, {result['dtype']})"
         )
         return
 
     from lmforge.evals.hellaswag import evaluate_hellaswag, load_hellaswag
+    from lmforge.runtime import pick_device
     from lmforge.train.checkpoint import load_model
-    from lmforge.train.runtime import pick_device
 
     examples = load_hellaswag(task.data, task.limit)  # data errors before loading the model
     device = pick_device(task.device)
@@ -350,10 +365,10 @@ def run_eval(command: EvalCommand) -> None:
     result = evaluate_hellaswag(model, tokenizer, examples, task.batch_size, device, task.dtype)
     print(
         f"hellaswag {directory}: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} "
-        f"on {result['n']} examples ({result['examples_per_s']:.1f} examples/s, {task.dtype})"
+        f"on {result['n']} examples ({result['examples_per_s']:.1f} examples/s, {result['dtype']})"
     )
     if task.out:
-        result = {"checkpoint": str(directory), "data": task.data, "dtype": task.dtype} | result
+        result = {"checkpoint": str(directory), "data": task.data} | result
         with open(task.out, "w") as handle:
             json.dump(result, handle, indent=1)
         print(f"wrote {task.out}")
@@ -405,6 +420,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "merge": (MergeCommand, run_merge),
     "sample": (SampleCommand, run_sample),
     "chat": (ChatCommand, run_chat),
+    "serve": (ServeCommand, run_serve),
     "eval": (EvalCommand, run_eval),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),

@@ -8,9 +8,6 @@ dataclasses so that a misspelled or mistyped key fails before anything runs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +15,7 @@ from typing import Any, Literal
 import tomli_w
 import tomllib
 
+from lmforge._validate import from_dict
 from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig
 from lmforge.models.presets import preset_fields
@@ -102,9 +100,17 @@ class TrainConfig:
     """Sequences per forward/backward pass."""
     seq_len: int | None = None
     """Training sequence length; None means the model's context length."""
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Autocast precision (bf16 also on CPU; fp16 needs a GPU); weights stay fp32."""
-    compile: bool = False
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Autocast precision; weights stay fp32. auto: bf16 on GPUs that have it (else fp16 with a
+    gradient scaler), and on a CPU bf16 only where a measured matmul shows it is fast (AMX,
+    AVX512-BF16), else fp32. fp16 needs a GPU."""
+    time_budget: float | None = None
+    """Seconds of training to fit the run into: after a few timed steps max_steps is lowered (never
+    raised) to what this machine finishes in that time. The chosen max_steps is logged, written to
+    config.toml and kept by --resume. None: train.max_steps as given, the same on every machine."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the model. auto: on GPUs, and on a CPU when the run is estimated to take
+    long enough (~5 min eager) to repay the compile time; the choice is logged."""
     device: str = "auto"
     """auto picks cuda, then mps, then cpu."""
     seed: int = 1337
@@ -117,7 +123,7 @@ class TrainConfig:
     overfit_one_batch: bool = False
     """Train on a single fixed batch: the loss must approach zero (a sanity check)."""
     peak_tflops: float | None = None
-    """Hardware peak for MFU; None measures a large matmul in the training dtype at start."""
+    """Hardware peak for MFU; None measures a matmul in the training dtype (cached per machine)."""
     hellaswag_interval: int = 0
     """Log HellaSwag acc / acc_norm every this many steps (and at the end); 0 is off."""
     hellaswag_limit: int = 200
@@ -156,7 +162,7 @@ class ParallelConfig:
 
 @dataclass
 class HealthConfig:
-    """What a step does when its loss or gradients go bad (see README, Reliability)."""
+    """What a step does when its loss or gradients go bad (see docs/reliability.md)."""
 
     max_bad_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient norm (each one skipped) before
@@ -318,58 +324,6 @@ def config_from_dict(
             raise ConfigError(f"{source}: model.preset must be str, got {preset!r}")
         model_data = preset_fields(preset) | model_data | {"preset": preset}
     return from_dict(cls, {**data, "model": model_data}, source)
-
-
-def from_dict(cls: type, data: dict, source: str, prefix: str = "") -> Any:
-    """Build dataclass `cls` from nested dicts, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.')}' must be a table, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
-            hint = (
-                f"did you mean '{prefix}{close[0]}'?"
-                if close
-                else f"valid keys: {', '.join(fields)}"
-            )
-            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'; {hint}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = from_dict(hint, value, source, f"{prefix}{key}.")
-        else:
-            values[key] = _check_type(value, hint, f"{prefix}{key}", source)
-    return cls(**values)
-
-
-def _check_type(value: Any, hint: Any, key: str, source: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check_type(value, arg, key, source)
-            except ConfigError as error:
-                errors.append(error)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: {key} = {value!r} is not one of {choices}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(
-            f"{source}: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}"
-        )
-    return value
 
 
 def to_dict(config: Any) -> dict:

@@ -58,6 +58,7 @@ RANGES: dict[str, Rule] = {
     "train.hellaswag_interval": NON_NEGATIVE,
     "train.hellaswag_limit": AT_LEAST_ONE,
     "train.early_stopping_patience": NON_NEGATIVE,
+    "train.time_budget": (lambda v: v > 0, "must be a positive number of seconds"),
     "health.max_bad_steps": AT_LEAST_ONE,
     "health.rollback_lr_factor": FACTOR,
     "health.max_rollbacks": NON_NEGATIVE,

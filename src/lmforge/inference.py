@@ -16,6 +16,7 @@ import torch
 from lmforge.json_files import read_json_object
 from lmforge.models.quantize import Plan, quantize_weights
 from lmforge.models.transformer import Transformer
+from lmforge.runtime import DTYPES, bf16_is_fast
 from lmforge.train.checkpoint import INFO_FILE
 
 COMPILE_FROM_TOKENS = 1024
@@ -41,14 +42,17 @@ def prepare_for_decoding(
     schemes = set(plan.values()) if isinstance(plan, dict) else {plan}
     if dtype == "auto":
         # On a CPU the residual stream, norms and attention stay fp32 (quantized layers run their
-        # matmuls in bf16 inside): at batch 1 fp32 is as fast as bf16 there, and SmolLM2-135M
+        # matmuls in bf16 inside where the CPU has native bf16): at batch 1 fp32 is as fast as bf16 there, and SmolLM2-135M
         # with a bf16 residual stream no longer answers "Paris" to the capital of France.
         dtype = "bf16" if device.type == "cuda" else "fp32"
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
-    quantize_weights(model, plan)
-    weights = "/".join(sorted(schemes - {"none"})) if schemes != {"none"} else dtype
-    return model, f"{weights} weights, {dtype} activations"
+    if schemes == {"none"}:
+        return model, f"{dtype} weights, {dtype} activations"
+    compute = "bf16" if dtype == "bf16" or bf16_is_fast(device) else "fp32"
+    quantize_weights(model, plan, DTYPES[compute])
+    weights = "/".join(sorted(schemes - {"none"}))
+    return model, f"{weights} weights ({compute} matmuls), {dtype} activations"
 
 
 def should_compile(mode: str, new_tokens: int) -> bool:

@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
 from gguf_fixtures import (  # noqa: E402
     random_model,
     smollm2_gguf,  # noqa: F401 (fixture)
+    smollm2_lmforge,
+    smollm2_transformers,
     tiny_checkpoint,
     tiny_llama,
     tiny_tokenizer,
@@ -142,7 +144,7 @@ def test_batched_scoring_equals_the_one_ending_reference(add_bos):
     )
 
 
-SMOLLM2_EXAMPLES = 100
+SMOLLM2_EXAMPLES = 12  # each is 4 rows through both 135M models in fp32: seconds, not minutes
 
 
 @torch.no_grad()
@@ -150,10 +152,7 @@ def transformers_predictions(path: Path, examples: list[Example]) -> list[dict]:
     """The same scoring with transformers' own GGUF loader and tokenizer, fp32, one example (4
     right-padded endings with an attention mask) at a time."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    ).eval()
+    model = smollm2_transformers(path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     out = []
     for example in examples:
@@ -183,13 +182,10 @@ def _agrees(ours: int, losses: list[float], theirs: int) -> bool:
 
 @pytest.mark.slow
 def test_smollm2_predictions_match_transformers(smollm2_gguf, shared_data):  # noqa: F811
-    from lmforge.interop.gguf import load_gguf
-
     examples = load_hellaswag(hellaswag_file(shared_data), limit=SMOLLM2_EXAMPLES)
-    model, tokenizer = load_gguf(smollm2_gguf)
+    model, tokenizer = smollm2_lmforge(smollm2_gguf)
     assert not tokenizer.add_bos  # SmolLM2 has no BOS, so neither side adds one
-    ours = evaluate_hellaswag(model, tokenizer, examples, batch_size=1, progress=False)
-    del model
+    ours = evaluate_hellaswag(model, tokenizer, examples, 4, "cpu", "fp32", progress=False)
     theirs = transformers_predictions(smollm2_gguf, examples)
     exact = agree = 0
     for mine, reference in zip(ours["predictions"], theirs, strict=True):

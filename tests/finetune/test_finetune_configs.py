@@ -12,6 +12,6 @@ def test_shipped_finetune_configs(tmp_path, method):
     run = load_run_config(f"{method}-smollm2", cls=FinetuneRunConfig)
     assert (CONFIG_DIR / f"{method}-smollm2.toml").is_file()
     assert run.finetune.method == method
-    assert run.train.dtype == "bf16" and run.train.eval_at_start
+    assert run.train.dtype == "auto" and run.train.eval_at_start
     dump_toml(run, tmp_path / "x.toml")
     assert load_run_config(str(tmp_path / "x.toml"), cls=FinetuneRunConfig) == run

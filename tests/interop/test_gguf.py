@@ -14,6 +14,8 @@ from gguf_fixtures import (
     TEXT,
     random_model,
     smollm2_gguf,  # noqa: F401 (fixture)
+    smollm2_lmforge,
+    smollm2_transformers,
     tiny_checkpoint,
     tiny_tokenizer,
 )
@@ -34,6 +36,7 @@ from lmforge.interop.gguf import (
 from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
 from lmforge.models.config import ModelConfig
 from lmforge.models.quantize import Int4Linear, quantize_weights
+from lmforge.runtime import bf16_is_fast
 from lmforge.tokenizer import ByteTokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model, save_checkpoint
@@ -296,13 +299,12 @@ VARIED = (
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_gguf):  # noqa: F811
-    model, tokenizer = load_gguf(smollm2_gguf)
-    return model, tokenizer
+    return smollm2_lmforge(smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
 def smollm2_hf(smollm2_gguf):  # noqa: F811
-    return hf_gguf_model(smollm2_gguf)
+    return smollm2_transformers(smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
@@ -321,12 +323,12 @@ def test_smollm2_logits_and_greedy_match_transformers(smollm2, smollm2_hf):
     assert diff <= 1e-3
 
     prompt = ids[:24]
-    hf.generation_config.eos_token_id = None  # exactly 64 tokens from both
+    hf.generation_config.eos_token_id = None  # exactly 32 tokens from both
     expected = hf.generate(
         torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-        do_sample=False, max_new_tokens=64, pad_token_id=0,
+        do_sample=False, max_new_tokens=32, pad_token_id=0,
     )[0, len(prompt) :].tolist()  # fmt: skip
-    ours = generate(model, [prompt], SamplingConfig(max_new_tokens=64, temperature=0))[0]
+    ours = generate(model, [prompt], SamplingConfig(max_new_tokens=32, temperature=0))[0]
     assert ours == expected
 
 
@@ -353,15 +355,23 @@ def test_smollm2_chat_answers_paris(smollm2):
     assert "Paris" in reply, reply
 
 
-def test_smollm2_decodes_at_the_files_precision(smollm2, smollm2_gguf):  # noqa: F811
+@pytest.mark.parametrize("compute", ["fp32", "this machine's"])
+def test_smollm2_decodes_at_the_files_precision(smollm2, smollm2_gguf, compute):  # noqa: F811
     # The Q4_1 file's linears become int4 (the Q8_0 embedding, tied to the head, int8), and the
     # quantized model stays close to the fp32 one: perplexity within 5%, and it still answers.
+    # fp32 matmuls are what a CPU without native bf16 uses; every CPU checks that path, and its
+    # own choice (bf16 on AMX) too.
     model, tokenizer = smollm2
     plan = gguf_quantization_plan(smollm2_gguf)
     assert plan == {"default": "int4", "lm_head": "int8"}
+    fast = bf16_is_fast(torch.device("cpu"))
+    if compute != "fp32" and not fast:
+        pytest.skip("this CPU computes quantized matmuls in fp32: the fp32 case covers it")
+    dtype = torch.bfloat16 if compute != "fp32" else torch.float32
     quantized = copy.deepcopy(model)  # fp32 residual stream: bf16 would lose "Paris"
-    assert quantize_weights(quantized, plan) == 30 * 4 + 1
+    assert quantize_weights(quantized, plan, dtype) == 30 * 4 + 1
     assert isinstance(quantized.layers[0].ffn.up, Int4Linear)
+    assert quantized.layers[0].ffn.up.compute_dtype == dtype
     ids = torch.tensor([tokenizer.encode(ENGLISH)])
     with torch.no_grad():
         nll = {

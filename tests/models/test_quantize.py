@@ -113,3 +113,22 @@ def test_quantization_is_refused_off_the_cpu():
         model = build(tiny_model("tiny-llama", vocab_size=100))
     with pytest.raises(LmforgeError, match="on meta use --quantize none"):
         quantize_weights(model, "int8")
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_fp32_compute_never_touches_bf16_matmuls(kind):
+    """CPUs without native bf16 run quantized layers in fp32: scales, kernel inputs and the
+    dequantized prefill matmul, which then agree with the fp32 matmul of the dequantized weight."""
+    layer = nn.Linear(64, 32, bias=True)
+    quantized = (Int8Linear if kind == "int8" else Int4Linear)(layer, torch.float32)
+    assert quantized.compute_dtype == torch.float32
+    scales = quantized.scale if kind == "int8" else quantized.scales_and_zeros
+    assert scales.dtype == torch.float32
+    weight = quantized.dequantized().float()
+    assert weight.dtype == torch.float32
+    for rows in (1, PREFILL_ROWS):  # the weight-only kernel, then the dequantized matmul
+        x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(rows))
+        expected = x @ weight.t() + layer.bias.detach()
+        got = quantized(x)
+        assert got.dtype == torch.float32
+        assert (got - expected).norm() / expected.norm() < 5e-3, rows

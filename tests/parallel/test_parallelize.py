@@ -3,6 +3,8 @@ memory, not math; the memory-per-GPU arithmetic behind `lmforge presets`."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import build, tiny_model, tiny_run
@@ -66,3 +68,15 @@ def test_model_state_memory_per_strategy():
     assert model_state_bytes(billion, "fsdp", 1) == model_state_bytes(billion, "ddp", 1)
     with pytest.raises(ValueError, match="zero3"):
         model_state_bytes(billion, "zero3", 8)
+
+
+@pytest.mark.parametrize(
+    ("nproc", "expected"),
+    [("4", 4), ("cpu", os.cpu_count()), ("auto", torch.cuda.device_count() or os.cpu_count())],
+)
+def test_launch_shares_cores_among_the_workers_torchrun_starts(nproc, expected):
+    """`--nproc-per-node auto` on a GPU machine starts one worker per GPU (not per core), so each
+    gets cores / GPUs threads."""
+    from lmforge.parallel.launch import _local_workers
+
+    assert _local_workers(nproc) == expected

@@ -20,8 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lmforge.errors import DataError
+from lmforge.runtime import autocast_context, choose_precision
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.runtime import autocast_context
 
 DEFAULT_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 
@@ -167,7 +167,8 @@ def evaluate_hellaswag(
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     device = torch.device(device)
-    autocast = autocast_context(device, dtype)
+    precision = choose_precision(dtype, device)
+    autocast = autocast_context(device, precision.name)
     was_training = model.training
     model.eval()
     predictions = []
@@ -199,6 +200,7 @@ def evaluate_hellaswag(
         "acc": sum(p["pred"] == p["label"] for p in predictions) / max(n, 1),
         "acc_norm": sum(p["pred_norm"] == p["label"] for p in predictions) / max(n, 1),
         "n": n,
+        "dtype": precision.name,
         "examples_per_s": n / elapsed if elapsed > 0 else math.inf,
         "predictions": predictions,
     }

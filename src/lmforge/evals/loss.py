@@ -16,8 +16,8 @@ from torch import nn
 from lmforge.data.loader import BatchLoader
 from lmforge.data.prepare import read_index
 from lmforge.errors import DataError
+from lmforge.runtime import autocast_context, choose_precision, pick_device
 from lmforge.train.checkpoint import load_model
-from lmforge.train.runtime import autocast_context, pick_device
 
 
 def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], autocast) -> torch.Tensor:
@@ -51,7 +51,7 @@ def evaluate_checkpoint_loss(
     batch_size: int = 8,
     seq_len: int | None = None,
     device: str = "auto",
-    dtype: str = "bf16",
+    dtype: str = "auto",
     document_masking: bool = False,
 ) -> dict:
     """Loss of a checkpoint over an in-order pass of a split; never counts a window twice."""
@@ -89,7 +89,8 @@ def evaluate_checkpoint_loss(
         batch_size = loader.windows_per_epoch
         loader = sequential(batch_size)
     batches = max(1, min(batches, loader.windows_per_epoch // batch_size))
-    loss = mean_loss(model, loader, batches, autocast_context(torch_device, dtype))
+    precision = choose_precision(dtype, torch_device)
+    loss = mean_loss(model, loader, batches, autocast_context(torch_device, precision.name))
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 700.0)),
@@ -98,5 +99,6 @@ def evaluate_checkpoint_loss(
         "batches": batches,
         "batch_size": batch_size,
         "seq_len": seq_len,
+        "dtype": precision.name,
         "checkpoint": str(directory),
     }

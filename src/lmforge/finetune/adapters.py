@@ -4,8 +4,8 @@ A LoRA run's checkpoint is the usual directory (config.json of the base model, t
 train state, optimizer state of the adapters) with the adapters in place of model.safetensors:
     adapter_model.safetensors   lora_a / lora_b of every adapted layer
     adapter_config.json         rank, alpha, dropout, targets and the base weights' path
-`lmforge merge CHECKPOINT --out DIR` folds the adapters into the base and writes a full,
-self-contained checkpoint that sample, chat, eval and export take.
+`lmforge merge CHECKPOINT --out DIR` (finetune/merge.py) folds the adapters into the base and
+writes a full, self-contained checkpoint that sample, chat, eval and export take.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from lmforge.config import LoraConfig, from_dict
+from lmforge._validate import from_dict
+from lmforge.config import LoraConfig
 from lmforge.errors import CheckpointError
-from lmforge.finetune.lora import adapter_state, apply_lora, merge_lora
+from lmforge.finetune.lora import adapter_state
 from lmforge.json_files import read_json_object
 from lmforge.train.objective import WeightsWriter
 
@@ -69,49 +70,6 @@ def load_adapter_weights(model: nn.Module, directory: Path) -> None:
     state = dict(model.named_parameters())
     for key, value in saved.items():
         state[key].copy_(value)
-
-
-def merge_checkpoint(path: str | Path, out: str | Path, base: str | None = None) -> Path:
-    """A full checkpoint at `out`: the base weights with the adapters of `path` folded in."""
-    from lmforge.finetune.pretrained import load_pretrained, load_state
-    from lmforge.interop.hf_dir import check_out_dir
-    from lmforge.models.transformer import Transformer
-    from lmforge.tokenizer import load_tokenizer
-    from lmforge.train import checkpoint as ckpt
-
-    out = Path(out)
-    check_out_dir(out)
-    directory = _find_adapter_checkpoint(Path(path))
-    lora, recorded = read_adapter_config(directory)
-    base = base or recorded
-    if base is None:
-        raise CheckpointError(
-            f"{directory} does not record its base weights; pass --base CHECKPOINT|GGUF|HF_DIR"
-        )
-    if not Path(base).expanduser().exists():
-        raise CheckpointError(
-            f"the base weights {base} of {directory} are gone; pass --base with their new path"
-        )
-    config = ckpt.read_model_config(directory)
-    _, state, _ = load_pretrained(base)
-    model = Transformer(config)
-    load_state(model, state, str(base))
-    apply_lora(model, lora)
-    load_adapter_weights(model, directory)
-    merge_lora(model)
-    info = read_json_object(directory / ckpt.INFO_FILE, default={})
-    info |= {"merged_from": str(directory.resolve()), "base": str(base)}
-    return ckpt.save_checkpoint(out, model.eval(), load_tokenizer(directory), info)
-
-
-def _find_adapter_checkpoint(path: Path) -> Path:
-    for candidate in (path, path / "checkpoints" / "last", path / "last"):
-        if is_adapter_checkpoint(candidate):
-            return candidate.resolve()
-    raise CheckpointError(
-        f"{path} holds no LoRA adapter checkpoint ({ADAPTER_CONFIG}); point at a LoRA run "
-        "directory or one of its checkpoints"
-    )
 
 
 def refuse_adapter_checkpoint(path: str | Path) -> None:

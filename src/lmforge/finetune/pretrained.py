@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lmforge.errors import CheckpointError
+from lmforge.finetune.adapters import refuse_adapter_checkpoint
 from lmforge.interop.commands import detect_format
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -27,8 +28,6 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
     """(model config, fp32 state dict, tokenizer) of a checkpoint, GGUF file or HF dir."""
     path = Path(path).expanduser()
     if _is_checkpoint(path):
-        from lmforge.finetune.adapters import refuse_adapter_checkpoint
-
         refuse_adapter_checkpoint(path)
         directory = ckpt.find_checkpoint(path)
         ckpt.verify_checkpoint(directory, required=False)

@@ -16,6 +16,7 @@ import difflib
 import json
 from pathlib import Path
 
+from lmforge._validate import from_dict
 from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig
 
@@ -105,8 +106,6 @@ def layer_overrides(config: ModelConfig) -> list[dict] | None:
 
 def layer_configs(config: ModelConfig) -> list[ModelConfig]:
     """One validated flat ModelConfig per layer, overrides applied."""
-    from lmforge.config import from_dict  # deferred: lmforge.config imports the models package
-
     overrides = layer_overrides(config)
     base = dataclasses.asdict(config) | {"layers": None, "moe_first_dense_layers": 0}
     resolved = []

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from lmforge import errors
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.train.runtime import pick_device
+from lmforge.runtime import pick_device
 
 T = TypeVar("T")
 
@@ -69,6 +69,11 @@ def init_distributed(
     `need_group` asks for a single-rank group, e.g. for FSDP in one process)."""
     if not launched_by_torchrun():
         device = pick_device(device_name, "train.device")
+        if device.type == "cuda":  # bind the index: NCCL and DCP use the current device
+            device = torch.device(
+                "cuda", torch.cuda.current_device() if device.index is None else device.index
+            )
+            torch.cuda.set_device(device)
         resolved = resolve_backend(backend, device)
         if not need_group:
             return DistInfo(0, 0, 1, device, None)

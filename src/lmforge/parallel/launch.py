@@ -104,8 +104,8 @@ def _report_stop(
         return 0
     resume = argv if "--resume" in argv else [*argv, "--resume"]
     print(
-        f"stopped by {name}: the workers saved a checkpoint at the end of their step; "
-        f"continue with: lmforge launch {shlex.join(resume)}"
+        f"stopped by {name} (once training had started, the workers saved a checkpoint at the "
+        f"end of their step); continue with: lmforge launch {shlex.join(resume)}"
     )
     return 0
 
@@ -125,7 +125,11 @@ def _check_counts(args) -> None:
 
 
 def _local_workers(nproc_per_node: str) -> int:
-    """Workers on this node: torchrun accepts a number, or gpu / cpu / auto."""
-    if nproc_per_node.isdigit():
-        return int(nproc_per_node)
-    return 1 if nproc_per_node == "gpu" else os.cpu_count() or 1
+    """Workers on this node, as torchrun counts them: a number, or gpu / cpu / auto (one per
+    GPU where there are GPUs). A value torchrun rejects counts 1; torchrun reports it."""
+    from torch.distributed.run import determine_local_world_size
+
+    try:
+        return max(1, determine_local_world_size(nproc_per_node))
+    except ValueError:
+        return 1

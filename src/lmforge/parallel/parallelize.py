@@ -22,7 +22,7 @@ from lmforge.models.moe import moe_layers
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.activation_checkpointing import apply_activation_checkpointing
 from lmforge.parallel.dist import DistInfo
-from lmforge.train.runtime import DTYPES
+from lmforge.runtime import DTYPES
 
 
 def needs_process_group(config: ParallelConfig) -> bool:

@@ -1,9 +1,10 @@
 """One interface over byte, char, Hugging Face (trained BPE or pretrained), tiktoken and
 SentencePiece tokenizers."""
 
-from lmforge.tokenizer.base import END_OF_TEXT, Tokenizer, load_tokenizer
+from lmforge.tokenizer.base import END_OF_TEXT, Tokenizer
 from lmforge.tokenizer.chat import BUILTIN_TEMPLATES, encode_chat, render_chat
 from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
+from lmforge.tokenizer.loading import load_tokenizer
 from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
 from lmforge.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
 from lmforge.tokenizer.simple import ByteTokenizer, CharTokenizer

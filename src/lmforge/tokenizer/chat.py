@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmforge.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from lmforge.tokenizer.base import Tokenizer
+from lmforge.tokenizer.base import Tokenizer
 
 BUILTIN_TEMPLATES: dict[str, str] = {
     # SmolLM2 / Qwen style, without SmolLM2's default system prompt.

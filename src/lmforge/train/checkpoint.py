@@ -30,7 +30,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from lmforge.config import from_dict
+from lmforge._validate import from_dict
 from lmforge.errors import CheckpointError
 from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig

@@ -40,6 +40,17 @@ from lmforge.parallel.parallelize import (
     needs_process_group,
     parallelize,
 )
+from lmforge.runtime import (
+    autocast_context,
+    choose_compile,
+    choose_precision,
+    choose_threads,
+    enable_fast_math,
+    format_flops,
+    measure_peak_flops,
+    peak_memory_bytes,
+    synchronize,
+)
 from lmforge.tokenizer import Tokenizer
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.early_stopping import EarlyStopping
@@ -66,14 +77,8 @@ from lmforge.train.run_checkpoint import (
     step_checkpoints,
     weights_before_parallelize,
 )
-from lmforge.train.runtime import (
-    autocast_context,
-    enable_fast_math,
-    measure_peak_flops,
-    peak_memory_bytes,
-    synchronize,
-)
 from lmforge.train.signals import StopSignals
+from lmforge.train.time_budget import PROBE_STEPS, steps_within_budget
 
 
 @dataclass
@@ -127,17 +132,31 @@ def train(
     check_run_config(run)  # numbers, device, model shape, out_dir: before data preparation
     check_parallel_config(run.parallel, run.train.dtype)
     check_optimizer_config(run.optim, run.parallel.strategy)
-    info = init_distributed(
-        run.train.device, run.parallel.backend, needs_process_group(run.parallel)
-    )
     objective = objective or PretrainObjective()
     with StopSignals() as signals:
+        info = init_distributed(
+            run.train.device, run.parallel.backend, needs_process_group(run.parallel)
+        )
         try:
+            run = resolve_machine(run, info)
             return _train(
                 run, info, resume, init_from, objective, start_step, reset_optimizer, signals
             )
         finally:
             shutdown(info)
+
+
+def resolve_machine(run: RunConfig, info: DistInfo) -> RunConfig:
+    """Threads and precision from this machine (rank 0 decides the dtype for every rank), logged
+    as the run's first line; the resolved dtype is what config.toml records."""
+    threads = choose_threads()
+    precision = decided_by_main(info, lambda: choose_precision(run.train.dtype, info.device))
+    check_parallel_config(run.parallel, precision.name)
+    if info.is_main:
+        tqdm.write(f"machine: {info.device} {precision.name} ({precision.reason}) | {threads}")
+        if precision.warning:
+            tqdm.write(f"warning: {precision.warning}")
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, dtype=precision.name))
 
 
 def _train(
@@ -195,7 +214,19 @@ def _train(
     objective.transform(model)  # e.g. finetuning's starting weights and LoRA adapters
     if last is not None:
         weights_before_parallelize(model, last, whole_file=reset_optimizer)
-    parallel = parallelize(model, run.parallel, info, cfg.dtype, cfg.compile)
+    flops_token = flops_per_token(model, seq_len)
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
+    if peak is None:
+        peak = decided_by_main(info, lambda: measure_peak_flops(device, cfg.dtype))
+    first_step = start_step if start_step is not None else state["step"] if state else 0
+    run_flops = flops_token * cfg.batch_tokens * max(cfg.max_steps - first_step, 0)
+    compile_model, compile_reason = decided_by_main(
+        info,
+        lambda: choose_compile(
+            cfg.compile, device, run_flops / info.world_size, peak, cfg.time_budget
+        ),
+    )
+    parallel = parallelize(model, run.parallel, info, cfg.dtype, compile_model)
     optimizer = build_optimizer(
         model, run.optim, device, shard_over_ranks=run.parallel.strategy == "zero1"
     )
@@ -238,17 +269,13 @@ def _train(
         checkpoints.mkdir(parents=True, exist_ok=True)
         dump_toml(run, out_dir / "config.toml")
         logger = MetricsLogger(out_dir, run.logging, run)
-    flops_token = flops_per_token(model, seq_len)
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
-    if peak is None:
-        peak = measure_peak_flops(device, cfg.dtype) if info.is_main else 1.0
     max_norm = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
     say = tqdm.write if info.is_main else (lambda message: None)
     say(
         f"model: {count_parameters(model) / 1e6:.2f}M parameters, {flops_token / 1e6:.1f} MFLOPs/token | "
         f"{device} {cfg.dtype} | batch {cfg.batch_tokens} tokens = {cfg.micro_batch_size} x {seq_len} "
         f"x {info.world_size} ranks x {accumulation} accumulation | {run.parallel.strategy} | "
-        f"peak {peak / 1e12:.2f} TFLOP/s ({'given' if cfg.peak_tflops else 'measured'})"
+        f"peak {format_flops(peak)} ({'given' if cfg.peak_tflops else 'measured'}) | {compile_reason}"
     )
     if state is not None:
         say(f"resumed from {last} at step {step} ({info.world_size} ranks)")
@@ -267,6 +294,7 @@ def _train(
             "health": health.state_dict(),
             "early_stopping": early_stopping.state_dict(),
             "world_size": info.world_size,
+            "budgeted_max_steps": None if budget_pending else cfg.max_steps,
             "run_config": to_dict(run),
         }
         save_run_checkpoint(
@@ -303,6 +331,11 @@ def _train(
         last_val = run_evaluation()
         early_stopping.update(last_val)
     model.train()
+    signals.training = True
+    started_at, train_start, probe_start = step, time.perf_counter(), 0.0
+    budget_pending = cfg.time_budget is not None
+    if budget_pending and state is not None and state.get("budgeted_max_steps"):
+        cfg.max_steps, budget_pending = state["budgeted_max_steps"], False  # decided before
     while step < cfg.max_steps:
         lr = lr_scale * lr_at(step, cfg.max_steps, run.optim)
         set_lr(optimizer, lr)
@@ -354,6 +387,25 @@ def _train(
         tokens_seen += cfg.batch_tokens
         window_tokens += cfg.batch_tokens
         bar.update(1)
+        if step == started_at + EARLY_REPORT_STEPS and step % cfg.log_interval:
+            say(early_report(step, cfg, window_tokens, time.perf_counter() - window_start - paused))
+        if budget_pending and step == started_at + 1:
+            probe_start = time.perf_counter()
+        elif budget_pending and step == started_at + 1 + PROBE_STEPS:
+            now = time.perf_counter()
+            pace = (now - probe_start) / PROBE_STEPS
+            fit = functools.partial(
+                steps_within_budget, cfg, step, pace, now - train_start, accumulation
+            )
+            budgeted = decided_by_main(info, fit)  # rank 0's clock decides for every rank
+            say(
+                f"time_budget {cfg.time_budget:g} s at {pace:.2f} s/step: max_steps "
+                f"{cfg.max_steps} -> {budgeted} (recorded in config.toml and checkpoints)"
+            )
+            cfg.max_steps, budget_pending = budgeted, False
+            bar.total = cfg.max_steps
+            if info.is_main:
+                dump_toml(run, out_dir / "config.toml")
 
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             synchronize(device)
@@ -362,6 +414,8 @@ def _train(
             mean_loss = mean_over_ranks(loss_sum / steps_in_window, info).item()
             tokens_per_s = window_tokens / elapsed
             mfu = flops_token * tokens_per_s / (peak * info.world_size)  # peak is per device
+            if mfu > 1:  # a peak measured too low (e.g. a throttled host): no number beats none
+                mfu = float("nan")
             metrics = (
                 {
                     "loss": mean_loss,
@@ -382,6 +436,7 @@ def _train(
             say(
                 f"step {step:>6}/{cfg.max_steps} | loss {mean_loss:.4f} | lr {lr:.2e} | "
                 f"grad {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}%"
+                + (" (above the measured peak: set train.peak_tflops)" if math.isnan(mfu) else "")
             )
             if not math.isfinite(mean_loss):
                 say("loss is not finite: lower optim.lr, or use train.dtype='fp32' to debug")
@@ -420,6 +475,19 @@ def _train(
         plot_run(out_dir)
     result.step, result.val_loss = step, last_val
     return result
+
+
+EARLY_REPORT_STEPS = 3
+"""Throughput and an ETA after this many steps, long before the first log_interval on a slow CPU."""
+
+
+def early_report(step: int, cfg, tokens: int, seconds: float) -> str:
+    rate = tokens / max(seconds, 1e-9)
+    left = (cfg.max_steps - step) * cfg.batch_tokens / rate
+    return (
+        f"step {step:>6}/{cfg.max_steps} | {rate:,.0f} tok/s over the first steps | "
+        f"ETA {int(left // 60)} min {int(left % 60)} s"
+    )
 
 
 def run_hellaswag(model, tokenizer, examples, cfg, info, sharded, logger, step, say) -> None:

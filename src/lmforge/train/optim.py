@@ -11,6 +11,8 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from lmforge.config import OptimConfig
 from lmforge.errors import ConfigError
+from lmforge.runtime import bf16_is_fast
+from lmforge.train.muon import Muon
 
 
 class MuonAdamW:
@@ -120,11 +122,12 @@ def build_optimizer(
     if not matrices:  # nothing for Muon to take (e.g. only non-layer weights train)
         return _adamw(_adamw_groups(rest, config), config, device, False)
     # The loop sets every group's lr to schedule x lr_ratio, so one schedule drives both.
-    muon = torch.optim.Muon(
+    muon = Muon(
         [{"params": matrices, "lr_ratio": config.muon_lr / config.lr}],
         lr=config.muon_lr,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
+        ns_dtype=torch.bfloat16 if bf16_is_fast(device) else torch.float32,
     )
     return MuonAdamW(muon, _adamw(_adamw_groups(rest, config), config, device, False))
 

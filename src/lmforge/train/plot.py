@@ -26,7 +26,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     axis.set_ylabel("loss (nats/token)")
     axis.set_title(run_dir.name)
     axis.grid(alpha=0.3)
-    axis.legend()
+    if train or val:  # a run stopped before its first log line has nothing to label
+        axis.legend()
+    else:
+        axis.text(0.5, 0.5, "no losses logged yet", ha="center", transform=axis.transAxes)
     out = Path(out) if out else run_dir / "loss.png"
     figure.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(figure)

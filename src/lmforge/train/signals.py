@@ -6,6 +6,9 @@ the process exits on the spot (exit code 130), because a KeyboardInterrupt raise
 of a library call can be caught and wrapped by it. Nothing is lost that a crash would not lose:
 checkpoints are staged and renamed, so the newest complete one stays intact.
 
+Before the first step (data preparation, tokenizer training, start-up measurements) there is
+nothing to save, so a signal stops the command at once, as it would any other program.
+
 Under `lmforge launch` a Ctrl-C in the terminal reaches each worker twice: from the terminal
 (the whole process group) and forwarded by torchrun. A second SIGINT within FORWARD_WINDOW_S of
 the first is therefore taken as the same interrupt in a torchrun worker.
@@ -28,6 +31,8 @@ class StopSignals:
 
     def __init__(self):
         self.received: str | None = None
+        self.training = False
+        """Set when the loop starts: from then on a signal waits for the step boundary."""
         self._previous: dict = {}
         self._first_at = 0.0
 
@@ -42,6 +47,8 @@ class StopSignals:
             sys.stderr.write("interrupted\n")
             sys.stderr.flush()
             os._exit(130)
+        if not self.training:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
         if self.received is None:
             self._first_at = time.monotonic()
         self.received = signal.Signals(signum).name

@@ -1,0 +1,1 @@
+"""The stages of benchmarks/gpu_check.py, one module each; each runs in its own process."""

@@ -1,0 +1,37 @@
+"""The options of `lmforge serve` (the command line's dataclass). Kept apart from the server so
+that the command line can list them without importing FastAPI or uvicorn (extra `serve`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class ServeCommand:
+    """Serve a checkpoint over an OpenAI-compatible HTTP API (install lmforge[serve])."""
+
+    checkpoint: str
+    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    host: str = "127.0.0.1"
+    """Address to bind; any other than a loopback one needs --api_key."""
+    port: int = 8000
+    api_key: str | None = None
+    """Clients must send 'Authorization: Bearer KEY' (default: $LMFORGE_API_KEY, else none)."""
+    model_name: str | None = None
+    """The model id clients name in requests; default: the checkpoint directory's name."""
+    max_batch_size: int = 16
+    """Most prompts decoded together in one batch."""
+    max_tokens_cap: int = 4096
+    """Most tokens one prompt of a request may ask to generate."""
+    max_body_bytes: int = 4 * 2**20
+    """Largest request body accepted (413 above it)."""
+    template: str | None = None
+    """Chat template for /v1/chat/completions: a built-in name (chatml, llama3, llama2, alpaca)
+    or Jinja source; default: the tokenizer's own."""
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
+    quantize: Literal["auto", "none", "int8", "int4"] = "auto"
+    """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

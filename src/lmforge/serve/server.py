@@ -1,0 +1,100 @@
+"""`lmforge serve`: load a checkpoint, start the engine thread, run uvicorn until SIGTERM.
+
+On SIGTERM (or Ctrl-C) the server drains: requests in flight finish, new ones get 503, and once
+none is left uvicorn shuts down and the process exits 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from lmforge.errors import ConfigError
+from lmforge.inference import prepare_for_decoding
+from lmforge.runtime import pick_device
+from lmforge.serve.app import ServeSettings, create_app
+from lmforge.serve.engine import Engine
+from lmforge.serve.gate import ServerState
+from lmforge.serve.options import ServeCommand
+from lmforge.train.checkpoint import load_model
+
+API_KEY_ENV = "LMFORGE_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that a signal starts a drain instead of closing the listening socket
+    (so late requests get a 503 rather than a refused connection), and that the process ends
+    with exit code 0 instead of re-raising the signal."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState):
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.state.draining:
+            self.should_exit = self.force_exit = True
+            return
+        logging.getLogger("lmforge.serve").info("draining: finishing requests in flight")
+        self.state.draining = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.state.draining and self.state.in_flight == 0:
+            return True
+        return await super().on_tick(counter)
+
+
+def check_command(command: ServeCommand) -> str | None:
+    """The API key to require (flag or $LMFORGE_API_KEY); refuses settings that cannot work."""
+    api_key = command.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(command.host) and api_key is None:
+        raise ConfigError(
+            f"--host {command.host} is reachable from other machines; set --api_key (or "
+            f"${API_KEY_ENV}) so that clients must send it, or bind 127.0.0.1"
+        )
+    for name in ("max_batch_size", "max_tokens_cap", "max_body_bytes"):
+        if getattr(command, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1")
+    return api_key
+
+
+def serve(command: ServeCommand) -> None:
+    api_key = check_command(command)
+    device = pick_device(command.device)
+    model, tokenizer, directory = load_model(command.checkpoint, device)
+    model, weights = prepare_for_decoding(model, directory, command.dtype, command.quantize)
+    settings = ServeSettings(
+        model_name=command.model_name or Path(directory).resolve().name,
+        api_key=api_key,
+        max_body_bytes=command.max_body_bytes,
+        max_tokens_cap=command.max_tokens_cap,
+        template=command.template,
+    )
+    engine = Engine(model, tokenizer, max_batch_size=command.max_batch_size)
+    state = ServerState()
+    app = create_app(engine, settings, state)
+    config = uvicorn.Config(
+        app, host=command.host, port=command.port, log_level=command.log_level, access_log=False
+    )
+    print(
+        f"serving {directory} as '{settings.model_name}' ({weights}) on "
+        f"http://{command.host}:{command.port}/v1",
+        flush=True,
+    )
+    engine.start()
+    try:
+        DrainingServer(config, state).run()
+    finally:
+        engine.stop()

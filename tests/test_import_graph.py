@@ -1,0 +1,189 @@
+"""The import graph of src/lmforge: no import cycles, and no imports from a lower layer up.
+
+The layers follow DESIGN.md's layout, lowest first. A module may import modules of its own layer
+and of the layers below, never above. Imports are read with `ast` (nothing is imported), and an
+import inside a function counts like one at the top of a file: it still ties the two modules
+together, and hiding a cycle in a function is how cycles have crept in. Imports made by name at
+run time (`importlib.import_module`) are not seen.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "lmforge"
+
+# Lowest first. The name is the first component below `lmforge` (a subpackage or a top-level
+# module); the package's own `__init__.py` is "__init__".
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # the ground floor: errors, the generic config validator, the machine as an input
+    ("errors", "_validate", "runtime"),
+    # the model, tokenizers and data; `config` holds the run-config dataclasses, which compose the
+    # model and data configs, so it lives on this floor too
+    ("models", "tokenizer", "data", "config"),
+    ("parallel",),
+    ("checkpoint", "train", "finetune"),
+    # generate/sample/chat are top-level modules until they move into `inference/`
+    ("inference", "generate", "sample", "chat", "evals", "interop", "serve"),
+    ("cli", "__main__", "__init__"),
+)
+
+# Every cycle edge and upward import in src/lmforge today (issue 16). This list must only
+# shrink: a new entry is a new layering defect; fix the import instead. When a fix removes one,
+# delete it here (test_known_violations_are_current says which).
+KNOWN_VIOLATIONS: frozenset[str] = frozenset(
+    {
+        "cycle: lmforge.chat -> lmforge.cli",
+        "cycle: lmforge.chat -> lmforge.sample",
+        "cycle: lmforge.cli -> lmforge.chat",
+        "cycle: lmforge.cli -> lmforge.sample",
+        "cycle: lmforge.models.config -> lmforge.models.layers",
+        "cycle: lmforge.models.layers -> lmforge.models.config",
+        "cycle: lmforge.sample -> lmforge.cli",
+        "upward: lmforge.chat -> lmforge.cli",
+        "upward: lmforge.finetune.distill -> lmforge.interop.gguf",
+        "upward: lmforge.finetune.merge -> lmforge.interop.hf_dir",
+        "upward: lmforge.finetune.pretrained -> lmforge.interop.commands",
+        "upward: lmforge.finetune.pretrained -> lmforge.interop.gguf",
+        "upward: lmforge.finetune.pretrained -> lmforge.interop.hf",
+        "upward: lmforge.finetune.pretrained -> lmforge.interop.hf_dir",
+        "upward: lmforge.finetune.pretrained -> lmforge.interop.hf_tokenizer",
+        "upward: lmforge.parallel.sharded_state -> lmforge.train.optim",
+        "upward: lmforge.sample -> lmforge.cli",
+        "upward: lmforge.train.loop -> lmforge.evals.hellaswag",
+        "upward: lmforge.train.objective -> lmforge.evals.loss",
+    }
+)
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _resolve_from(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module named by `from X import ...`, relative forms included."""
+    if node.level == 0:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _nearest_module(name: str, modules: set[str]) -> str | None:
+    """`lmforge.a.b.Name` -> `lmforge.a.b`: the longest prefix that is a module of the package."""
+    parts = name.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in modules:
+            return candidate
+        parts.pop()
+    return None
+
+
+def imports_of(tree: ast.AST, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The package's modules that `tree` imports, at any depth (functions and classes too)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve_from(node, module, is_package)
+            for alias in node.names:
+                # `from pkg import sub` imports the module pkg.sub; `from pkg import Name`, pkg
+                submodule = f"{base}.{alias.name}"
+                names.add(submodule if submodule in modules else base)
+    found = {_nearest_module(name, modules) for name in names}
+    return {target for target in found if target is not None and target != module}
+
+
+def import_graph(src: Path, package: str) -> nx.DiGraph:
+    files = sorted((src / package).rglob("*.py"))
+    modules = {module_name(path, src) for path in files}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for path in files:
+        module = module_name(path, src)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        is_package = path.name == "__init__.py"
+        for target in imports_of(tree, module, is_package, modules):
+            graph.add_edge(module, target)
+    return graph
+
+
+def layer_unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...]) -> int | None:
+    unit = layer_unit(module)
+    for index, units in enumerate(layers):
+        if unit in units:
+            return index
+    return None
+
+
+def violations(graph: nx.DiGraph, layers: tuple[tuple[str, ...], ...]) -> set[str]:
+    """ "cycle: a -> b" for every import that lies on a cycle, "upward: a -> b" for every import
+    from a lower layer into a higher one."""
+    found: set[str] = set()
+    for component in nx.strongly_connected_components(graph):
+        if len(component) > 1:
+            cycle_edges = graph.subgraph(component).edges
+            found.update(f"cycle: {a} -> {b}" for a, b in cycle_edges)
+    for a, b in graph.edges:
+        layer_a, layer_b = layer_of(a, layers), layer_of(b, layers)
+        if layer_a is not None and layer_b is not None and layer_b > layer_a:
+            found.add(f"upward: {a} -> {b}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> nx.DiGraph:
+    return import_graph(SRC, PACKAGE)
+
+
+def test_every_module_has_a_layer(graph: nx.DiGraph) -> None:
+    unplaced = sorted(m for m in graph.nodes if layer_of(m, LAYERS) is None)
+    assert not unplaced, f"add these to LAYERS in {Path(__file__).name}: {unplaced}"
+
+
+def test_no_new_cycles_or_upward_imports(graph: nx.DiGraph) -> None:
+    new = sorted(violations(graph, LAYERS) - KNOWN_VIOLATIONS)
+    assert not new, (
+        "new import cycles or upward imports (move the shared piece down a layer instead of "
+        "importing up, and don't hide a cycle inside a function):\n" + "\n".join(new)
+    )
+
+
+def test_known_violations_are_current(graph: nx.DiGraph) -> None:
+    fixed = sorted(KNOWN_VIOLATIONS - violations(graph, LAYERS))
+    assert not fixed, "fixed, so delete from KNOWN_VIOLATIONS:\n" + "\n".join(fixed)
+
+
+def test_checker_finds_cycles_and_upward_imports(tmp_path: Path) -> None:
+    """The checker itself: relative and in-function imports, cycles, upward imports."""
+    package = tmp_path / "pkg"
+    for folder in ("low", "high"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "low" / "a.py").write_text("def f():\n    from pkg.high.c import g\n")
+    (package / "low" / "b.py").write_text("from . import a\nfrom .a import f\n")
+    (package / "high" / "c.py").write_text("from ..low.b import a\n")
+    (package / "high" / "d.py").write_text("import pkg.low.b\n")
+    found = violations(import_graph(tmp_path, "pkg"), (("low",), ("high",)))
+    assert found == {
+        "cycle: pkg.low.a -> pkg.high.c",
+        "cycle: pkg.high.c -> pkg.low.b",
+        "cycle: pkg.low.b -> pkg.low.a",
+        "upward: pkg.low.a -> pkg.high.c",
+    }
