@@ -11,6 +11,7 @@ from lmforge.generate import SamplingConfig, generate
 from lmforge.inference import prepare_for_decoding, should_compile
 from lmforge.runtime import pick_device
 from lmforge.sample import StreamPrinter
+from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model
@@ -47,6 +48,9 @@ def chat(
 ) -> list[dict]:
     """Run the conversation until /exit or end of input; returns the messages."""
     out = out or sys.stdout
+    check_sampling_options(
+        command.max_new_tokens, command.temperature, command.top_k, command.top_p
+    )
     device = pick_device(command.device)
     model, tokenizer, directory = load_model(command.checkpoint, device)
     model, weights = prepare_for_decoding(model, directory, command.dtype, command.quantize)

@@ -238,6 +238,8 @@ def run_train(command: TrainCommand) -> None:
         reset_optimizer=command.reset_optimizer,
     )
     resume = f"lmforge train --config {result.out_dir / 'config.toml'} --resume"
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # the launcher prints its own command line
+        resume = "the same `lmforge launch` command plus --resume"
     if report_run(result, resume):
         print(f"sample it: lmforge sample --checkpoint {result.out_dir} --prompt 'def '")
 

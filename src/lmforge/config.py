@@ -300,9 +300,16 @@ def load_run_config(
         path = resolve_config_path(name_or_path)
         source = str(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path} is not valid TOML ({error}); fix the syntax") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{path} is not UTF-8 text (byte {error.start}); TOML files must be UTF-8: "
+                "re-save it as UTF-8"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"{path} cannot be read ({error.strerror}); check the path") from None
     return config_from_dict(data, source, preset, cls)
 
 

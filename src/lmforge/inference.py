@@ -9,11 +9,11 @@ enough tokens to repay that.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from lmforge.json_files import read_json_object
 from lmforge.models.quantize import Plan, quantize_weights
 from lmforge.models.transformer import Transformer
 from lmforge.runtime import DTYPES, bf16_is_fast
@@ -29,7 +29,7 @@ def quantization_plan(directory: Path, device: torch.device, quantize: str) -> P
     if quantize != "auto":
         return quantize
     info_path = Path(directory) / INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json_object(info_path, default={})
     return info.get("quantization", "none") if device.type == "cpu" else "none"
 
 

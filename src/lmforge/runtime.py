@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.config_checks import check_device
 from lmforge.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -37,26 +38,17 @@ PEAK_SIZE = {"cpu": 1024, "cuda": 8192}
 """Square matmul for the peak: ~20 ms in fp32 on a slow 2-core CPU, ~1 ms in bf16 on AMX."""
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", key: str = "--device") -> torch.device:
+    """The device `name` names (auto: cuda, then mps, then cpu); `key` is the option that gave
+    it, for the one-line error (config_checks.check_device) when this machine lacks it."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"device '{name}' is not a device PyTorch knows; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device='cpu' or 'auto'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name} but MPS is not available; use device='cpu' or 'auto'")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps")
-    return device
+    check_device(name, key)
+    return torch.device(name)
 
 
 def cpu_bf16_units() -> str:

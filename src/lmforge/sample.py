@@ -10,6 +10,7 @@ import torch
 from lmforge.generate import SamplingConfig, generate
 from lmforge.inference import prepare_for_decoding, should_compile
 from lmforge.runtime import pick_device
+from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import END_OF_TEXT, Tokenizer
 from lmforge.tokenizer.chat import encode_chat
 from lmforge.train.checkpoint import load_model
@@ -57,6 +58,9 @@ def encode_prompt(
 
 
 def sample(command: SampleCommand) -> list[str]:
+    check_sampling_options(
+        command.max_new_tokens, command.temperature, command.top_k, command.top_p, command.prompt
+    )
     device = pick_device(command.device)
     model, tokenizer, directory = load_model(command.checkpoint, device)
     model, _ = prepare_for_decoding(model, directory, command.dtype, command.quantize)

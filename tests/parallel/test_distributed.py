@@ -200,3 +200,13 @@ def test_moe_with_aux_loss_free_balancing_at_two_ranks_equals_one_process(workdi
     assert_same_run(workdir / "moe-ddp", workdir / "moe-single")
     biases = {k: v for k, v in final_weights(workdir / "moe-ddp").items() if "selection_bias" in k}
     assert biases and all(bias.abs().sum() > 0 for bias in biases.values())
+
+
+def test_fsdp_checkpoint_resumes_at_two_ranks_with_fsdp(workdir, single, fsdp_run):
+    """The sharded model and optimizer load into DTensor shards through the safe planner (its
+    fill check counts each rank's local chunks)."""
+    resumed = rewind(fsdp_run, workdir / "fsdp-to-fsdp", step=5)
+    args = train_args("fsdp-to-fsdp", "--resume", "--parallel.strategy", "fsdp")
+    result = check(run_launched(*args, cwd=workdir))
+    assert "at step 5 (2 ranks)" in result.stdout
+    assert_same_run(resumed, single)

@@ -237,7 +237,7 @@ def test_resume_of_a_finished_run_is_a_no_op(tmp_path, corpus_file, byte_data_di
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"train": {"max_steps": 0}}, "train.max_steps must be positive"),
+        ({"train": {"max_steps": 0}}, "train.max_steps must be >= 1"),
         ({"train": {"seq_len": 256}}, "train.seq_len=256 exceeds model.context_length=128"),
         (
             {"train": {"batch_tokens": 100}},

@@ -22,6 +22,7 @@ from lmforge._validate import from_dict
 from lmforge.config import LoraConfig
 from lmforge.errors import CheckpointError
 from lmforge.finetune.lora import adapter_state
+from lmforge.json_files import read_json_object
 from lmforge.train.objective import WeightsWriter
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -47,7 +48,7 @@ def adapter_writer(config: LoraConfig, base: str | None) -> WeightsWriter:
 
 
 def read_adapter_config(directory: Path) -> tuple[LoraConfig, str | None]:
-    payload = json.loads((Path(directory) / ADAPTER_CONFIG).read_text())
+    payload = read_json_object(Path(directory) / ADAPTER_CONFIG)
     base = payload.pop("base", None)
     payload.pop("enabled", None)
     return from_dict(LoraConfig, payload, str(directory / ADAPTER_CONFIG), "lora."), base

@@ -3,7 +3,6 @@ sample, chat, eval and export take."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmforge.errors import CheckpointError
@@ -16,6 +15,7 @@ from lmforge.finetune.adapters import (
 from lmforge.finetune.lora import apply_lora, merge_lora
 from lmforge.finetune.pretrained import load_pretrained, load_state
 from lmforge.interop.hf_dir import check_out_dir
+from lmforge.json_files import read_json_object
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import load_tokenizer
 from lmforge.train import checkpoint as ckpt
@@ -43,11 +43,7 @@ def merge_checkpoint(path: str | Path, out: str | Path, base: str | None = None)
     apply_lora(model, lora)
     load_adapter_weights(model, directory)
     merge_lora(model)
-    info = (
-        json.loads((directory / ckpt.INFO_FILE).read_text())
-        if (directory / ckpt.INFO_FILE).is_file()
-        else {}
-    )
+    info = read_json_object(directory / ckpt.INFO_FILE, default={})
     info |= {"merged_from": str(directory.resolve()), "base": str(base)}
     return ckpt.save_checkpoint(out, model.eval(), load_tokenizer(directory), info)
 

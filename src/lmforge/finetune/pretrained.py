@@ -30,7 +30,14 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
     if _is_checkpoint(path):
         refuse_adapter_checkpoint(path)
         directory = ckpt.find_checkpoint(path)
-        state = safetensors.torch.load_file(str(directory / ckpt.MODEL_FILE))
+        ckpt.verify_checkpoint(directory, required=False)
+        try:
+            state = safetensors.torch.load_file(str(directory / ckpt.MODEL_FILE))
+        except (safetensors.SafetensorError, OSError) as error:
+            raise CheckpointError(
+                f"{directory / ckpt.MODEL_FILE} is not a readable safetensors file ({error}); "
+                "use another checkpoint"
+            ) from None
         return ckpt.read_model_config(directory), state, load_tokenizer(directory)
     kind = detect_format(path)
     if kind == "gguf":

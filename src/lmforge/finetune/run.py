@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from lmforge.config import FinetuneRunConfig
+from lmforge.config_checks import check_device, check_ranges
 from lmforge.errors import ConfigError
 from lmforge.finetune.pretrained import load_pretrained
 from lmforge.train.loop import TrainResult, train
@@ -64,6 +65,8 @@ def finetune(
     start_step: int | None = None,
     reset_optimizer: bool = False,
 ) -> TrainResult:
+    check_ranges(run)  # numbers and device before the starting weights are read
+    check_device(run.train.device)
     run, objective = build_objective(run)
     return train(
         run,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Literal
 import tyro
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.json_files import read_json_object
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -66,7 +66,7 @@ def describe(checkpoint: Path) -> str:
 
     config = read_model_config(checkpoint)
     info_path = checkpoint / INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json_object(info_path, default={})
     family = "gpt2-style" if config.position == "learned" else "llama-style"
     arch = info.get("architecture")
     shape = f"{config.num_layers} layers, dim {config.dim}, {config.num_heads} heads"

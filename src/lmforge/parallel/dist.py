@@ -68,7 +68,7 @@ def init_distributed(
     """Pick this rank's device and join the process group (if launched by torchrun, or if
     `need_group` asks for a single-rank group, e.g. for FSDP in one process)."""
     if not launched_by_torchrun():
-        device = pick_device(device_name)
+        device = pick_device(device_name, "train.device")
         if device.type == "cuda":  # bind the index: NCCL and DCP use the current device
             device = torch.device(
                 "cuda", torch.cuda.current_device() if device.index is None else device.index
@@ -83,7 +83,7 @@ def init_distributed(
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name)
+    device = pick_device(device_name, "train.device")
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(

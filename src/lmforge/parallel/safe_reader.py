@@ -3,7 +3,9 @@
 DCP stores tensor data raw (loaded with weights_only) but its `.metadata` index is a plain
 pickle, and FileSystemReader unpickles it with `pickle.load`: a crafted checkpoint could run
 code on resume. SafeReader unpickles it with an allow-list of the classes DCP's metadata is
-made of; anything else is refused before it is constructed.
+made of; anything else is refused before it is constructed. An index that declares any entry
+as pickled *bytes* is refused too (lmforge writes only tensors), and `read_data` refuses a bytes
+read again, whatever planner asks for it (see safe_load.py for the planner).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner
 
 from lmforge.errors import CheckpointError
 
@@ -77,7 +80,20 @@ class SafeReader(FileSystemReader):
             ) from None
         if not isinstance(metadata, Metadata):
             raise CheckpointError(f"{path} is not a checkpoint index; resume from another one")
+        for key, entry in metadata.state_dict_metadata.items():
+            if isinstance(entry, BytesStorageMetadata):
+                from lmforge.parallel.safe_load import refuse_bytes_item
+
+                raise refuse_bytes_item(self.directory, key)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner):
+        from lmforge.parallel.safe_load import refuse_bytes_item
+
+        for item in plan.items:
+            if item.type == LoadItemType.BYTE_IO:
+                raise refuse_bytes_item(self.directory, item.dest_index.fqn)
+        return super().read_data(plan, planner)

@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from lmforge.errors import CheckpointError
 from lmforge.parallel.dist import DistInfo
+from lmforge.parallel.safe_load import safe_dcp_load
 from lmforge.parallel.safe_reader import SafeReader
 from lmforge.train.optim import MuonAdamW, inner_optimizers
 
@@ -99,7 +100,7 @@ def load_sharded_state(
     if holds_model(directory):
         state["model"] = model.state_dict()
     with _quiet_single_process():
-        dcp.load(state, storage_reader=SafeReader(directory), no_dist=not info.initialized)
+        safe_dcp_load(state, directory, no_dist=not info.initialized)
     for name, param, inner in owned:
         loaded = template[name]
         # Fused and capturable AdamW keep `step` on the parameter's device; the others on the CPU.
@@ -119,4 +120,4 @@ def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[st
 def load_model_shards(directory: Path, model: nn.Module) -> None:
     """Only the model from a sharded state (one process, e.g. to consolidate it)."""
     with _quiet_single_process():
-        dcp.load({"model": model.state_dict()}, storage_reader=SafeReader(directory), no_dist=True)
+        safe_dcp_load({"model": model.state_dict()}, directory, no_dist=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, LmforgeError
+from lmforge.json_files import read_json_object
 from lmforge.tokenizer.base import DESCRIPTOR, Tokenizer
 from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
 from lmforge.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
@@ -21,7 +21,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             f"no tokenizer in {directory} ({DESCRIPTOR} is missing); "
             "point at a checkpoint or prepared-data directory written by lmforge"
         )
-    descriptor = json.loads(path.read_text())
+    descriptor = read_json_object(path)
     loaders = {
         "byte": ByteTokenizer.load,
         "char": CharTokenizer.load,
@@ -30,6 +30,15 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         "sentencepiece": SentencePieceTokenizer.load,
     }
     kind = descriptor.get("type")
-    if kind not in loaders:
+    if not isinstance(kind, str) or kind not in loaders:
         raise CheckpointError(f"unknown tokenizer type {kind!r} in {path}")
-    return loaders[kind](Path(directory), descriptor)
+    try:
+        return loaders[kind](Path(directory), descriptor)
+    except LmforgeError:
+        raise
+    except Exception as error:  # noqa: BLE001 (each tokenizer library raises its own types)
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        raise CheckpointError(
+            f"the {kind} tokenizer in {directory} cannot be loaded ({type(error).__name__}: "
+            f"{reason}); its {DESCRIPTOR} or tokenizer file is corrupt: use another checkpoint"
+        ) from None

@@ -32,6 +32,7 @@ from torch import nn
 
 from lmforge._validate import from_dict
 from lmforge.errors import CheckpointError
+from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -119,9 +120,12 @@ def write_manifest(directory: Path) -> None:
     os.replace(temporary, directory / MANIFEST_FILE)
 
 
-def verify_checkpoint(directory: Path, required: bool = True) -> None:
+def verify_checkpoint(
+    directory: Path, required: bool = True, replacing: tuple[str, ...] = ()
+) -> None:
     """Check every file against manifest.json (sizes, then checksums); CheckpointError naming
-    the first bad file. Without a manifest: an error if `required`, else nothing to check."""
+    the first bad file. Without a manifest: an error if `required`, else nothing to check.
+    `replacing`: files the caller is about to rewrite (their absence or content is no concern)."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -133,10 +137,15 @@ def verify_checkpoint(directory: Path, required: bool = True) -> None:
         return
     try:
         entries = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         raise CheckpointError(
             f"{manifest_path} is not a valid manifest; use an earlier checkpoint"
         ) from None
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"{manifest_path} is not a valid manifest; use an earlier checkpoint")
+    entries = {name: entry for name, entry in entries.items() if name not in replacing}
+    if not all(isinstance(e, dict) and {"bytes", "sha256"} <= e.keys() for e in entries.values()):
+        raise CheckpointError(f"{manifest_path} is not a valid manifest; use an earlier checkpoint")
     for name, expected in entries.items():
         path = directory / name
         if not path.is_file():
@@ -238,7 +247,7 @@ def _holds_model_shards(directory: Path) -> bool:
 
 
 def read_model_config(directory: Path) -> ModelConfig:
-    data = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    data = read_json_object(Path(directory) / CONFIG_FILE)
     return from_dict(ModelConfig, data, str(Path(directory) / CONFIG_FILE), "model.")
 
 

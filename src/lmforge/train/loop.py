@@ -10,7 +10,6 @@ single-process checkpoint files; every rank writes its shard of the optimizer st
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lmforge.config import RunConfig, dump_toml
+from lmforge.config_checks import check_run_config
 from lmforge.errors import ConfigError
 from lmforge.parallel.dist import DistInfo, decided_by_main, init_distributed, shutdown
 from lmforge.parallel.parallelize import check_parallel_config, needs_process_group
@@ -66,15 +66,7 @@ def train(
     optimizer state."""
     if resume and init_from:
         raise ConfigError("--resume and --init_from exclude each other; use one")
-    if run.train.max_steps <= 0:
-        raise ConfigError(f"train.max_steps must be positive, got {run.train.max_steps}")
-    budget = run.train.time_budget
-    if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise ConfigError(
-            f"train.time_budget must be a positive number of seconds, got {budget}; "
-            "e.g. --train.time_budget 240, or leave it unset"
-        )
-    run.model.validate()  # shape errors before the (possibly long) data preparation
+    check_run_config(run)  # numbers, device, model shape, out_dir: before data preparation
     check_parallel_config(run.parallel, run.train.dtype)
     check_optimizer_config(run.optim, run.parallel.strategy)
     objective = objective or PretrainObjective()

@@ -16,12 +16,14 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.dist import DistInfo, barrier
 from lmforge.parallel.parallelize import ParallelModel
+from lmforge.parallel.safe_load import one_line
 from lmforge.parallel.sharded_state import (
     SHARDED_DIR,
     full_model_state,
@@ -170,15 +172,32 @@ def save_run_checkpoint(
             if is_best:
                 ckpt.point_link(checkpoints / "best", name)
             ckpt.prune_checkpoints(checkpoints, run.train.keep_checkpoints)
-    except OSError as error:
+    except (OSError, RuntimeError, CheckpointException) as error:
+        # DCP wraps a failed write in CheckpointException (a BaseException) and torch.save in
+        # RuntimeError; either way the reason is the first OSError underneath.
         shutil.rmtree(staging, ignore_errors=True)
         last = checkpoints / "last"
         kept = f"{last.resolve().name} is intact" if last.exists() else "no earlier one exists"
         raise CheckpointError(
-            f"could not write checkpoint {name} ({error.strerror or error}); {kept}; free disk "
-            "space (or move train.out_dir) and run again with --resume"
+            f"could not write checkpoint {name} ({write_failure_reason(error)}); {kept}; free "
+            "disk space (or move train.out_dir) and run again with --resume"
         ) from None
     barrier(info)
+
+
+def write_failure_reason(error: BaseException) -> str:
+    """The OS's words for why a write failed (e.g. 'No space left on device')."""
+    if isinstance(error, CheckpointException):
+        failures = [f[0] if isinstance(f, tuple) else f for f in error.failures.values()]
+        error = next(
+            (f for f in failures if isinstance(f, OSError)), failures[0] if failures else error
+        )
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    seen = error.__cause__ or error.__context__
+    if isinstance(seen, OSError) and seen.strerror:
+        return seen.strerror
+    return one_line(error)
 
 
 def consolidate_checkpoint(path: str | Path) -> Path:
@@ -193,6 +212,8 @@ def consolidate_checkpoint(path: str | Path) -> Path:
             "(checkpoints/step-*) or a run directory"
         )
     directory = found[0].resolve()
+    # The manifest is checked first, and a new one is written only over content it vouched for.
+    ckpt.verify_checkpoint(directory, required=True, replacing=(ckpt.MODEL_FILE,))
     if not holds_model(directory / SHARDED_DIR):
         raise CheckpointError(
             f"{directory}'s sharded state holds no model (it was not trained with fsdp): its "
@@ -204,6 +225,8 @@ def consolidate_checkpoint(path: str | Path) -> Path:
     model = model.to_empty(device="cpu")
     if config.tie_embeddings:
         model.lm_head.weight = model.token_embedding.weight
+    for tensor in model.state_dict().values():  # no uninitialised memory, even if a check failed
+        tensor.detach().fill_(float("nan"))
     load_model_shards(directory / SHARDED_DIR, model)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
     safetensors.torch.save_model(model, str(staging))

@@ -196,7 +196,10 @@ def build_model(
     """The plain model with its starting weights (init_from, the objective's, or the resumed)."""
     model = Transformer(run.model).to(device)
     if init_from:
-        ckpt.load_weights(model, ckpt.find_checkpoint(init_from))
+        source = ckpt.find_checkpoint(init_from)
+        ckpt.verify_checkpoint(source, required=False)  # a corrupt checkpoint is refused whole
+        ckpt.read_model_config(source)
+        ckpt.load_weights(model, source)
     objective.transform(model)  # e.g. finetuning's starting weights and LoRA adapters
     if last is not None:
         weights_before_parallelize(model, last, whole_file=reset_optimizer)

@@ -8,6 +8,10 @@ checkpoints are staged and renamed, so the newest complete one stays intact.
 
 Before the first step (data preparation, tokenizer training, start-up measurements) there is
 nothing to save, so a signal stops the command at once, as it would any other program.
+
+Under `lmforge launch` a Ctrl-C in the terminal reaches each worker twice: from the terminal
+(the whole process group) and forwarded by torchrun. A second SIGINT within FORWARD_WINDOW_S of
+the first is therefore taken as the same interrupt in a torchrun worker.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
+
+FORWARD_WINDOW_S = 2.0
 
 
 class StopSignals:
@@ -27,14 +34,23 @@ class StopSignals:
         self.training = False
         """Set when the loop starts: from then on a signal waits for the step boundary."""
         self._previous: dict = {}
+        self._first_at = 0.0
+
+    def _forwarded_copy(self) -> bool:
+        under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+        return under_torchrun and time.monotonic() - self._first_at < FORWARD_WINDOW_S
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None and self._forwarded_copy():
+            return
         if self.received is not None and signum == signal.SIGINT:
             sys.stderr.write("interrupted\n")
             sys.stderr.flush()
             os._exit(130)
         if not self.training:
             raise KeyboardInterrupt(signal.Signals(signum).name)
+        if self.received is None:
+            self._first_at = time.monotonic()
         self.received = signal.Signals(signum).name
 
     def __enter__(self) -> StopSignals:

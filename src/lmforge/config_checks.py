@@ -1,0 +1,189 @@
+"""Every number and path of a run config checked in one place, before any work starts.
+
+The dataclasses in config.py say what type each field has; this module says which values make
+sense: finite, in range, a device that exists, an out_dir that can take a checkpoint. The
+RANGES table is the whole policy for numbers, so a reader (or a test) can see every rule at once.
+`check_run_config` is called by `train` (and so by `finetune`) before data preparation; the
+sampling options of sample/chat/serve have their own shared validator in sampling_validation.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import ConfigError
+
+Rule = tuple[Callable[[float], bool], str]
+
+POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
+AT_LEAST_ONE: Rule = (lambda v: v >= 1, "must be >= 1")
+FRACTION_OPEN: Rule = (lambda v: 0 < v < 1, "must be in (0, 1)")
+FRACTION_CLOSED: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+BETA: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+FACTOR: Rule = (lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+# "section.field": rule. None is always allowed for optional fields (it means "the default").
+RANGES: dict[str, Rule] = {
+    "optim.lr": NON_NEGATIVE,  # 0 is legitimate: it freezes the weights (e.g. to test a run)
+    "optim.min_lr": NON_NEGATIVE,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.decay_fraction": FRACTION_CLOSED,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.beta1": BETA,
+    "optim.beta2": BETA,
+    "optim.eps": POSITIVE,
+    "optim.grad_clip": NON_NEGATIVE,
+    "optim.embedding_lr": POSITIVE,
+    "optim.muon_lr": POSITIVE,
+    "optim.muon_momentum": BETA,
+    "train.max_steps": AT_LEAST_ONE,
+    "train.batch_tokens": AT_LEAST_ONE,
+    "train.micro_batch_size": AT_LEAST_ONE,
+    "train.seq_len": AT_LEAST_ONE,
+    "train.seed": NON_NEGATIVE,
+    "train.eval_interval": AT_LEAST_ONE,
+    "train.eval_batches": AT_LEAST_ONE,
+    "train.log_interval": AT_LEAST_ONE,
+    "train.checkpoint_interval": AT_LEAST_ONE,
+    "train.keep_checkpoints": AT_LEAST_ONE,
+    "train.peak_tflops": POSITIVE,
+    "train.hellaswag_interval": NON_NEGATIVE,
+    "train.hellaswag_limit": AT_LEAST_ONE,
+    "train.early_stopping_patience": NON_NEGATIVE,
+    "train.time_budget": (lambda v: v > 0, "must be a positive number of seconds"),
+    "health.max_bad_steps": AT_LEAST_ONE,
+    "health.rollback_lr_factor": FACTOR,
+    "health.max_rollbacks": NON_NEGATIVE,
+    "health.spike_window": NON_NEGATIVE,
+    "health.spike_zscore": POSITIVE,
+    "data.vocab_size": AT_LEAST_ONE,
+    "data.val_fraction": FRACTION_OPEN,
+    "data.shard_tokens": AT_LEAST_ONE,
+    "data.workers": NON_NEGATIVE,
+    "data.tokenizer_train_chars": AT_LEAST_ONE,
+    "finetune.val_fraction": FRACTION_OPEN,
+    "finetune.val_max_examples": AT_LEAST_ONE,
+    "finetune.dpo_beta": POSITIVE,
+    "finetune.temperature": POSITIVE,
+    "finetune.distill_alpha": FRACTION_CLOSED,
+    "finetune.student_layers": NON_NEGATIVE,
+    "finetune.lora.rank": AT_LEAST_ONE,
+    "finetune.lora.alpha": POSITIVE,
+    "finetune.lora.dropout": BETA,
+}
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def _lookup(config: Any, dotted: str) -> tuple[bool, Any]:
+    value = config
+    for part in dotted.split("."):
+        if not hasattr(value, part):
+            return False, None
+        value = getattr(value, part)
+    return True, value
+
+
+def check_number(key: str, value: Any, rule: Rule) -> None:
+    """ConfigError unless `value` is None or a finite number that satisfies `rule`."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    allowed, description = rule
+    if not math.isfinite(value) or not allowed(value):
+        raise ConfigError(f"{key} {description}, got {value}; set --{key} (or the TOML key) to one")
+
+
+def check_ranges(config: Any) -> None:
+    """Every field of RANGES that `config` has (a RunConfig or FinetuneRunConfig)."""
+    for key, rule in RANGES.items():
+        present, value = _lookup(config, key)
+        if present:
+            check_number(key, value, rule)
+
+
+def check_device(name: str, key: str = "train.device") -> None:
+    """A device string that names a backend this machine has (auto is always fine)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(
+            f"{key}={name!r} is not a device lmforge can use; use auto, cpu, cuda[:N], mps or xpu"
+        )
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "xpu") else None
+    available = {
+        "cpu": True,
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, backend is not None and backend.is_available())
+    if not available:
+        label = {"cuda": "CUDA GPU", "mps": "Apple MPS GPU", "xpu": "Intel XPU"}[device.type]
+        raise ConfigError(f"{key}={name!r} but no {label} is visible; use auto or cpu")
+    if backend is not None and device.index is not None and device.index >= backend.device_count():
+        raise ConfigError(
+            f"{key}={name!r} but only {backend.device_count()} {device.type} device(s) are "
+            f"visible; use an index below {backend.device_count()}"
+        )
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_out_dir(out_dir: str, checkpoint_bytes: int, key: str = "train.out_dir") -> None:
+    """out_dir is (or can become) a writable directory with room for one checkpoint. Nothing is
+    created: a refused run leaves the disk as it was."""
+    path = Path(out_dir).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={out_dir} is a file, not a directory; choose another path")
+    existing = _first_existing(path)
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{key}={out_dir} lies under {existing}, which is a file; choose another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={out_dir}: {existing} is not writable; choose another path")
+    free = shutil.disk_usage(existing).free
+    if free < checkpoint_bytes:
+        raise ConfigError(
+            f"{key}={out_dir}: {existing} has {free / 2**20:.0f} MiB free but one checkpoint "
+            f"needs about {checkpoint_bytes / 2**20:.0f} MiB; free disk space or choose another path"
+        )
+
+
+def checkpoint_bytes_estimate(run: Any) -> int:
+    """Weights plus two AdamW moments in fp32: what one step checkpoint holds, near enough."""
+    import dataclasses
+
+    from lmforge.models.counting import build_on_meta, count_parameters
+
+    model = run.model
+    if model.vocab_size is None:  # follows the tokenizer; a byte tokenizer is the smallest
+        model = dataclasses.replace(model, vocab_size=256)
+    try:
+        parameters = count_parameters(build_on_meta(model))
+    except (ConfigError, ValueError, RuntimeError):
+        return 0  # the model config itself is checked (with a better message) by validate()
+    return parameters * 4 * 3
+
+
+def check_run_config(run: Any) -> None:
+    """All numbers, the device and the output directory of a run, before any work."""
+    check_ranges(run)
+    check_device(run.train.device)
+    run.model.validate()
+    if run.data.dir is not None and Path(run.data.dir).is_file():
+        raise ConfigError(f"data.dir={run.data.dir} is a file, not a directory; choose another")
+    check_out_dir(run.train.out_dir, checkpoint_bytes_estimate(run))
