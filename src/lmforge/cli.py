@@ -213,13 +213,37 @@ class LossEval:
 
 
 @dataclass
+class LmEvalEval:
+    """EleutherAI lm-evaluation-harness tasks on a checkpoint, in-process (extra lmforge[eval])."""
+
+    checkpoint: str
+    """Checkpoint or run directory, .gguf file or HF model directory."""
+    tasks: tuple[str, ...]
+    """lm-eval task names: the shipped offline lmforge_hellaswag, lmforge_wikitext2, or tasks
+    from --include_path."""
+    data: tuple[str, ...] = ()
+    """Local data per shipped task, as TASK=PATH (default: files under $LMFORGE_SHARED_DATA)."""
+    include_path: tuple[str, ...] = ()
+    """Directories of further lm-eval task configs (YAML), e.g. pointing at local json/parquet."""
+    limit: int | None = None
+    """Evaluate only the first N documents of each task."""
+    num_fewshot: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    out: str | None = None
+    """Write lm-eval's results (and per-document samples) as JSON here."""
+
+
+@dataclass
 class EvalCommand:
-    """Evaluate a checkpoint: `eval hellaswag` (accuracy) or `eval loss` (on prepared data)."""
+    """Evaluate a checkpoint: `eval hellaswag`, `eval loss` (on prepared data) or `eval lm-eval`."""
 
     task: tyro.conf.OmitSubcommandPrefixes[
         Union[  # noqa: UP007 (tyro names subcommands through Annotated members of a Union)
             Annotated[HellaswagEval, tyro.conf.subcommand("hellaswag")],
             Annotated[LossEval, tyro.conf.subcommand("loss")],
+            Annotated[LmEvalEval, tyro.conf.subcommand("lm-eval")],
         ]
     ]
 
@@ -323,6 +347,9 @@ def run_eval(command: EvalCommand) -> None:
 
     task = command.task
     refuse_adapters(task.checkpoint)
+    if isinstance(task, LmEvalEval):
+        run_lm_eval_command(task)
+        return
     if isinstance(task, LossEval):
         from lmforge.evals.loss import evaluate_checkpoint_loss
 
@@ -354,6 +381,40 @@ def run_eval(command: EvalCommand) -> None:
         result = {"checkpoint": str(directory), "data": task.data, "dtype": task.dtype} | result
         with open(task.out, "w") as handle:
             json.dump(result, handle, indent=1)
+        print(f"wrote {task.out}")
+
+
+def run_lm_eval_command(task: LmEvalEval) -> None:
+    import json
+
+    try:
+        from lmforge.evals.lm_eval_adapter import run_lm_eval
+    except ImportError as error:
+        raise LmforgeError(
+            f"eval lm-eval needs lm-evaluation-harness ({error.name} is missing); "
+            "install it with: pip install 'lmforge[eval]'"
+        ) from None
+    data = {}
+    for item in task.data:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LmforgeError(f"--data {item!r} is not TASK=PATH, e.g. lmforge_hellaswag=val.txt")
+        data[name] = path
+    results = run_lm_eval(
+        task.checkpoint, list(task.tasks), limit=task.limit, data_files=data,
+        include_path=list(task.include_path), batch_size=task.batch_size, device=task.device,
+        dtype=task.dtype, num_fewshot=task.num_fewshot, log_samples=task.out is not None,
+    )  # fmt: skip
+    for name, metrics in results["results"].items():
+        shown = ", ".join(
+            f"{key.split(',')[0]} {value:.4f}"
+            for key, value in metrics.items()
+            if isinstance(value, float) and "stderr" not in key
+        )
+        print(f"{name}: {shown} ({metrics.get('sample_len', '?')} documents)")
+    if task.out:
+        with open(task.out, "w") as handle:
+            json.dump(results, handle, indent=1, default=str)
         print(f"wrote {task.out}")
 
 
