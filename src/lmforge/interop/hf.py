@@ -175,7 +175,7 @@ def _export_type(config: ModelConfig) -> str:
         if config.kv_heads == config.num_heads == config.dim / config.attn_head_dim:
             return "gpt2"
         raise ConfigError(
-            f"GPT-2 export needs plain multi-head attention (num_kv_heads = num_heads and "
+            f"GPT-2 export needs plain MHA, multi-head attention (num_kv_heads = num_heads and "
             f"head_dim = dim / num_heads), but this model has {config.num_heads} heads, "
             f"{config.kv_heads} kv heads and head_dim {config.attn_head_dim} at dim {config.dim}"
         )
