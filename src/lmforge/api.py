@@ -12,6 +12,7 @@ the same methods.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ def load(
     dtype: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16. quantize: none (default), int8,
     int4, or auto (a GGUF's own precision on CPU); quantized weights change scores slightly.
     """
-    from lmforge.finetune.pretrained import _is_checkpoint, load_pretrained
+    from lmforge.finetune.pretrained import load_pretrained
     from lmforge.inference import prepare_for_decoding
     from lmforge.interop.gguf import model_from_state
     from lmforge.train.checkpoint import load_model
@@ -185,7 +186,7 @@ def load(
 
     torch_device = pick_device(device)
     source = Path(path).expanduser()
-    if _is_checkpoint(source):
+    if not (source.is_file() or _is_hf_dir(source)):  # an lmforge checkpoint or run dir
         from lmforge.finetune.adapters import refuse_adapter_checkpoint
 
         refuse_adapter_checkpoint(source)
@@ -197,6 +198,17 @@ def load(
             quantize = _gguf_plan(source) if source.suffix == ".gguf" else "none"
     model, _ = prepare_for_decoding(model, source, dtype, quantize)
     return LanguageModel(model.eval(), tokenizer, source, batch_size)
+
+
+def _is_hf_dir(path: Path) -> bool:
+    """A Hugging Face model dir: its config.json names a model_type (lmforge's does not)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except (ValueError, OSError):
+        return False
 
 
 def _gguf_plan(path: Path) -> Any:
