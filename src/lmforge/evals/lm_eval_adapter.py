@@ -95,10 +95,18 @@ def run_lm_eval(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(
-        include_path=[str(TASKS_DIR), *(include_path or [])],
-        metadata={"data_files": dict(data_files or {})},
-    )
+    def task_manager(include_defaults: bool) -> TaskManager:
+        return TaskManager(
+            include_path=[str(TASKS_DIR), *(include_path or [])],
+            include_defaults=include_defaults,
+            metadata={"data_files": dict(data_files or {})},
+        )
+
+    # Indexing lm-eval's own thousands of task configs takes a while; only do it when asked for
+    # one of them (most need a hub download, which offline machines cannot do).
+    manager = task_manager(include_defaults=False)
+    if any(not manager.match_tasks([t]) for t in tasks):
+        manager = task_manager(include_defaults=True)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
         raise ConfigError(
