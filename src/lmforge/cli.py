@@ -348,6 +348,8 @@ def run_eval(command: EvalCommand) -> None:
     task = command.task
     refuse_adapters(task.checkpoint)
     if isinstance(task, LmEvalEval):
+        from lmforge.evals.lm_eval_command import run_lm_eval_command
+
         run_lm_eval_command(task)
         return
     if isinstance(task, LossEval):
@@ -381,40 +383,6 @@ def run_eval(command: EvalCommand) -> None:
         result = {"checkpoint": str(directory), "data": task.data, "dtype": task.dtype} | result
         with open(task.out, "w") as handle:
             json.dump(result, handle, indent=1)
-        print(f"wrote {task.out}")
-
-
-def run_lm_eval_command(task: LmEvalEval) -> None:
-    import json
-
-    try:
-        from lmforge.evals.lm_eval_adapter import run_lm_eval
-    except ImportError as error:
-        raise LmforgeError(
-            f"eval lm-eval needs lm-evaluation-harness ({error.name} is missing); "
-            "install it with: pip install 'lmforge[eval]'"
-        ) from None
-    data = {}
-    for item in task.data:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise LmforgeError(f"--data {item!r} is not TASK=PATH, e.g. lmforge_hellaswag=val.txt")
-        data[name] = path
-    results = run_lm_eval(
-        task.checkpoint, list(task.tasks), limit=task.limit, data_files=data,
-        include_path=list(task.include_path), batch_size=task.batch_size, device=task.device,
-        dtype=task.dtype, num_fewshot=task.num_fewshot, log_samples=task.out is not None,
-    )  # fmt: skip
-    for name, metrics in results["results"].items():
-        shown = ", ".join(
-            f"{key.split(',')[0]} {value:.4f}"
-            for key, value in metrics.items()
-            if isinstance(value, float) and "stderr" not in key
-        )
-        print(f"{name}: {shown} ({metrics.get('sample_len', '?')} documents)")
-    if task.out:
-        with open(task.out, "w") as handle:
-            json.dump(results, handle, indent=1, default=str)
         print(f"wrote {task.out}")
 
 
