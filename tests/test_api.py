@@ -118,3 +118,18 @@ def test_generate_is_the_token_level_generator_plus_stops(tiny):
     assert sampled == tiny.generate(prompts, max_new_tokens=8, temperature=1.0, top_k=20, seed=3)
     with pytest.raises(TypeError):
         tiny.generate("not a list")
+
+
+def test_load_reads_gguf_files_and_hf_dirs_alike(tiny, tmp_path):
+    from lmforge.interop.gguf_export import export_gguf
+    from lmforge.interop.hf_dir import export_hf
+
+    pairs = [("the quick brown", " fox"), ("def model", "(tokens)")]
+    expected = tiny.loglikelihood(pairs)
+    for path in (
+        export_gguf(tiny.source, tmp_path / "m.gguf", dtype="f32"),
+        export_hf(tiny.source, tmp_path / "hf"),
+    ):
+        other = load(path, device="cpu")
+        got = other.loglikelihood(pairs)
+        assert [g for g, _ in got] == pytest.approx([e for e, _ in expected], abs=1e-4), path
