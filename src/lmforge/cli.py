@@ -216,13 +216,37 @@ class LossEval:
 
 
 @dataclass
+class LmEvalEval:
+    """EleutherAI lm-evaluation-harness tasks on a checkpoint, in-process (extra lmforge[eval])."""
+
+    checkpoint: str
+    """Checkpoint or run directory, .gguf file or HF model directory."""
+    tasks: tuple[str, ...]
+    """lm-eval task names: the shipped offline lmforge_hellaswag, lmforge_wikitext2, or tasks
+    from --include_path."""
+    data: tuple[str, ...] = ()
+    """Local data per shipped task, as TASK=PATH (default: files under $LMFORGE_SHARED_DATA)."""
+    include_path: tuple[str, ...] = ()
+    """Directories of further lm-eval task configs (YAML), e.g. pointing at local json/parquet."""
+    limit: int | None = None
+    """Evaluate only the first N documents of each task."""
+    num_fewshot: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    out: str | None = None
+    """Write lm-eval's results (and per-document samples) as JSON here."""
+
+
+@dataclass
 class EvalCommand:
-    """Evaluate a checkpoint: `eval hellaswag` (accuracy) or `eval loss` (on prepared data)."""
+    """Evaluate a checkpoint: `eval hellaswag`, `eval loss` (on prepared data) or `eval lm-eval`."""
 
     task: tyro.conf.OmitSubcommandPrefixes[
         Union[  # noqa: UP007 (tyro names subcommands through Annotated members of a Union)
             Annotated[HellaswagEval, tyro.conf.subcommand("hellaswag")],
             Annotated[LossEval, tyro.conf.subcommand("loss")],
+            Annotated[LmEvalEval, tyro.conf.subcommand("lm-eval")],
         ]
     ]
 
@@ -340,6 +364,11 @@ def run_eval(command: EvalCommand) -> None:
 
     task = command.task
     refuse_adapters(task.checkpoint)
+    if isinstance(task, LmEvalEval):
+        from lmforge.evals.lm_eval_command import run_lm_eval_command
+
+        run_lm_eval_command(task)
+        return
     if isinstance(task, LossEval):
         from lmforge.evals.loss import evaluate_checkpoint_loss
 

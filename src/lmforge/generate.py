@@ -89,6 +89,7 @@ def generate(
     config: SamplingConfig,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
     compile: bool = False,
+    stop_check: Callable[[int, list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt by up to max_new_tokens; returns only the new tokens of each row.
 
@@ -97,7 +98,8 @@ def generate(
     half-context of every row (rolling context), so generation can run past the context length.
     `on_tokens` receives each new (B,) token tensor. `compile` runs the one-token step through
     torch.compile where the StaticKVCache serves the model (the first call pays the compilation,
-    later calls with the same batch size and cache length reuse it).
+    later calls with the same batch size and cache length reuse it). `stop_check(row, new_ids)`
+    is asked after each token a row keeps; True ends that row (e.g. a stop string was produced).
     """
     assert prompts and all(prompts), "every prompt needs at least one token"
     device = next(model.parameters()).device
@@ -140,6 +142,8 @@ def generate(
             history[row].append(value)
             if not already_done[row]:
                 new_tokens[row].append(value)
+                if stop_check is not None and stop_check(row, new_tokens[row]):
+                    finished[row] = True
         if bool(finished.all()):
             break
         if cache.length == cache.max_len:

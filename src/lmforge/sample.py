@@ -7,13 +7,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lmforge.generate import SamplingConfig, generate
-from lmforge.inference import prepare_for_decoding, should_compile
-from lmforge.runtime import pick_device
+from lmforge.generate import SamplingConfig
+from lmforge.inference import should_compile
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import END_OF_TEXT, Tokenizer
 from lmforge.tokenizer.chat import encode_chat
-from lmforge.train.checkpoint import load_model
 
 if TYPE_CHECKING:
     from lmforge.cli import SampleCommand
@@ -58,12 +56,13 @@ def encode_prompt(
 
 
 def sample(command: SampleCommand) -> list[str]:
+    from lmforge.api import load  # the Python API's loader and generation (docs/python-api.md)
+
     check_sampling_options(
         command.max_new_tokens, command.temperature, command.top_k, command.top_p, command.prompt
     )
-    device = pick_device(command.device)
-    model, tokenizer, directory = load_model(command.checkpoint, device)
-    model, _ = prepare_for_decoding(model, directory, command.dtype, command.quantize)
+    model = load(command.checkpoint, command.device, command.dtype, command.quantize)
+    tokenizer = model.tokenizer
     prompts = [encode_prompt(tokenizer, p, command.chat, command.template) for p in command.prompt]
     config = SamplingConfig(
         max_new_tokens=command.max_new_tokens,
@@ -78,7 +77,7 @@ def sample(command: SampleCommand) -> list[str]:
     if streaming:
         sys.stdout.write(command.prompt[0])
     compile = should_compile(command.compile, len(prompts) * command.max_new_tokens)
-    outputs = generate(model, prompts, config, on_tokens=printer, compile=compile)
+    outputs = model.generate_ids(prompts, config, on_tokens=printer, compile=compile)
     texts = [tokenizer.decode(ids) for ids in outputs]
     if streaming:
         sys.stdout.write(texts[0][printer.printed :] + "\n")

@@ -10,7 +10,7 @@ from finetune_fixtures import tiny_base  # noqa: F401
 from lmforge.errors import CheckpointError
 from lmforge.finetune.adapters import ADAPTER_CONFIG
 from lmforge.finetune.pretrained import load_pretrained
-from lmforge.interop.gguf import export_gguf
+from lmforge.interop.gguf_export import export_gguf
 from lmforge.interop.hf_dir import export_hf
 
 

@@ -24,15 +24,14 @@ from lmforge.cli import main
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.generate import SamplingConfig, generate
 from lmforge.interop.gguf import (
-    _TOKENIZER_WRITERS,
     _layout,
-    export_gguf,
     gguf_quantization_plan,
     import_gguf,
     load_gguf,
     model_from_state,
     read_gguf,
 )
+from lmforge.interop.gguf_export import _TOKENIZER_WRITERS, export_gguf
 from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
 from lmforge.models.config import ModelConfig
 from lmforge.models.quantize import Int4Linear, quantize_weights
@@ -258,15 +257,13 @@ def test_unsupported_architecture_and_tensor_type_are_one_line_errors(tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_export_refuses_what_gguf_llama_cannot_hold(tmp_path):
+def test_export_refuses_what_gguf_cannot_hold(tmp_path):
     _, checkpoint = tiny_checkpoint(tmp_path / "ours", tied=True)
-    with pytest.raises(ConfigError, match="q4_0"):
-        export_gguf(checkpoint, tmp_path / "a.gguf", dtype="q4_0")
-    gpt2 = ModelConfig(vocab_size=257, dim=32, num_layers=1, num_heads=2, mlp="gelu",
-                       norm="layernorm", position="learned", bias=True)  # fmt: skip
-    save_checkpoint(tmp_path / "gpt2", random_model(gpt2), ByteTokenizer(), {})
-    with pytest.raises(ConfigError, match="Llama models"):
-        export_gguf(tmp_path / "gpt2", tmp_path / "b.gguf")
+    with pytest.raises(ConfigError, match="q4_k"):
+        export_gguf(checkpoint, tmp_path / "a.gguf", dtype="q4_k")
+    _, windowed = tiny_checkpoint(tmp_path / "mistral", tied=True, sliding_window=16)
+    with pytest.raises(ConfigError, match="sliding window"):
+        export_gguf(windowed, tmp_path / "b.gguf")
     llama = ModelConfig(vocab_size=257, dim=32, num_layers=1, num_heads=2)
     save_checkpoint(tmp_path / "byte", random_model(llama), ByteTokenizer(), {})
     with pytest.raises(ConfigError, match="byte-level BPE"):

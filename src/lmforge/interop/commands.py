@@ -12,7 +12,7 @@ import tyro
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.json_files import read_json_object
 
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 
 
 @dataclass
@@ -37,7 +37,8 @@ class ExportCommand:
     out: str
     """Directory (hf) or .gguf file to create; an existing non-empty one is refused."""
     dtype: str | None = None
-    """hf: float32 (default), float16, bfloat16; gguf: f32, f16 (default), bf16, q8_0."""
+    """hf: float32 (default), float16, bfloat16; gguf: f32, f16 (default), bf16, q8_0, q4_0, q4_1
+    (norms, biases and routers stay f32; see docs/export.md)."""
 
 
 def detect_format(source: Path) -> str:
@@ -119,7 +120,7 @@ def run_export(command: ExportCommand) -> None:
         out = Path(command.out)
         if out.exists():
             raise ConfigError(f"--out {out} already exists; choose a new path or remove it first")
-        from lmforge.interop.gguf import export_gguf
+        from lmforge.interop.gguf_export import export_gguf
 
         path = export_gguf(command.checkpoint, out, dtype=dtype)
     seconds = time.perf_counter() - start

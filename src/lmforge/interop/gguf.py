@@ -1,20 +1,19 @@
-"""GGUF (llama.cpp's file format) <-> lmforge: read/import `llama` and `gpt2` files, export Llama.
+"""GGUF (llama.cpp's file format) -> lmforge: read/import `llama` (also Mixtral-style MoE) and
+`gpt2` files. The reverse direction (export) is gguf_export.py, on the same tensor layout.
 
 Layout differences handled here:
 - GGUF lists tensor dims innermost first, so a (rows, cols) torch weight has GGUF shape [cols, rows];
   the reader's numpy arrays are already in torch order.
 - convert_hf_to_gguf.py permutes the rows of Llama's q/k weights from HF's rotate-half RoPE layout
   (ours) to the interleaved-pairs layout llama.cpp rotates in; we undo that on import, redo on export.
-- We fuse q/k/v into `attn.qkv` and gate/up into `ffn.up`; GGUF keeps them apart (except GPT-2's
-  attn_qkv). Tied embeddings are a file without `output.weight`.
+- We fuse q/k/v into `attn.qkv` and gate/up into `ffn.up` (and `ffn.experts.up`); GGUF keeps them
+  apart (except GPT-2's attn_qkv). Tied embeddings are a file without `output.weight`.
 - Llama 3.1 RoPE scaling is stored as a `rope_freqs` tensor of per-frequency divisors, not as keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +23,14 @@ import torch
 from torch import Tensor
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
-from lmforge.interop.hf import _check_shapes, _export_type
+from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf
+from lmforge.interop.hf import _check_shapes
 from lmforge.models.config import ModelConfig
 from lmforge.models.positions import rope_inverse_frequencies
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer.base import Tokenizer
 
 ARCHITECTURES = ("llama", "gpt2")
-_Q = gguf.GGMLQuantizationType
-EXPORT_DTYPES = {  # name: (type of the matrices, llama.cpp's general.file_type)
-    "f32": (_Q.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (_Q.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "bf16": (_Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-    "q8_0": (_Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-}
 DEQUANTIZABLE = ("F32", "F16", *sorted(q.name for q in getattr(gguf.quants, "_type_traits", {})))
 
 
@@ -56,14 +48,15 @@ def _unpermute(w: Tensor, heads: int) -> Tensor:
 
 
 # One GGUF tensor inside one of ours: its name, its row count, and the head count to (un)permute
-# its rows by (q and k of Llama only). Several parts are concatenated along dim 0.
+# its rows by (q and k of Llama only). Several parts are concatenated along their row dim: dim 0,
+# or dim 1 of stacked experts (E, rows, cols).
 Part = tuple[str, int, "int | None"]
 
 
 def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
     """(our key, its GGUF parts) for every tensor of the model."""
     q, kv = config.num_heads * config.attn_head_dim, config.kv_heads * config.attn_head_dim
-    hidden = config.hidden_dim
+    hidden = config.expert_dim if config.ffn == "moe" else config.hidden_dim
 
     def whole(name: str) -> list[Part]:
         return [(name, 0, None)]  # 0: all rows
@@ -85,6 +78,17 @@ def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
                 (f"{ours}attn.qkv.{p}", qkv),
                 (f"{ours}attn.out.{p}", whole(f"{blk}attn_output.{p}")),
                 (f"{ours}ffn_norm.{p}", whole(f"{blk}ffn_norm.{p}")),
+            ]
+            if config.ffn == "moe":  # Mixtral: router, then experts stacked (E, rows, cols)
+                experts = [(f"{blk}ffn_gate_exps.{p}", hidden, None)]
+                experts.append((f"{blk}ffn_up_exps.{p}", hidden, None))
+                rows += [
+                    (f"{ours}ffn.router.{p}", whole(f"{blk}ffn_gate_inp.{p}")),
+                    (f"{ours}ffn.experts.up", experts),
+                    (f"{ours}ffn.experts.down", whole(f"{blk}ffn_down_exps.{p}")),
+                ]
+                continue
+            rows += [
                 (f"{ours}ffn.up.{p}", up),
                 (f"{ours}ffn.down.{p}", whole(f"{blk}ffn_down.{p}")),
             ]
@@ -92,6 +96,11 @@ def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
     if not config.tie_embeddings:
         rows.append(("lm_head.weight", whole("output.weight")))
     return rows
+
+
+def split_dim(key: str) -> int:
+    """The dim along which `key`'s GGUF parts are concatenated (rows; experts are stacked)."""
+    return 1 if key.endswith("experts.up") else 0
 
 
 def _tidy(value: Any) -> Any:
@@ -124,8 +133,15 @@ def _config(meta: dict[str, Any], arch: str, tensors: dict[str, Any]) -> ModelCo
         return ModelConfig(
             **common, mlp="gelu", norm="layernorm", norm_eps=eps, position="learned", bias=True
         )
-    if key("expert_count", 0):
-        raise ConfigError("GGUF llama file is a mixture of experts, which lmforge does not build")
+    moe = {}
+    if key("expert_count", 0):  # Mixtral: softmax router, top-k renormalised, no shared experts
+        if "blk.0.ffn_gate_exps.weight" not in tensors:
+            raise ConfigError(
+                "GGUF llama MoE file without stacked experts (ffn_*_exps) is not supported"
+            )
+        moe = dict(
+            ffn="moe", num_experts=key("expert_count"), experts_per_token=key("expert_used_count")
+        )
     head_dim = key("attention.key_length", dim // heads)
     if key("rope.dimension_count", head_dim) != head_dim:
         raise ConfigError(
@@ -143,6 +159,7 @@ def _config(meta: dict[str, Any], arch: str, tensors: dict[str, Any]) -> ModelCo
         head_dim=None if head_dim * heads == dim else head_dim,
         norm_eps=key("attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta=key("rope.freq_base", 10000.0),
+        **moe,
     )
     if "rope_freqs.weight" in tensors:
         _fit_llama3_scaling(config, torch.from_numpy(_dequantize(tensors["rope_freqs.weight"])))
@@ -231,7 +248,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
                 )
             piece = torch.from_numpy(_dequantize(tensors.pop(name)))
             pieces.append(_unpermute(piece, heads) if heads else piece)
-        state[ours] = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        state[ours] = torch.cat(pieces, split_dim(ours)) if len(pieces) > 1 else pieces[0]
     tensors.pop("rope_freqs.weight", None)  # read into the config already
     if tensors:
         raise CheckpointError(
@@ -262,8 +279,13 @@ def gguf_quantization_plan(path: str | Path) -> dict[str, str]:
     config = _config(meta, arch, tensors)
     schemes = {}
     for ours, parts in _layout(config, arch):
-        if not ours.endswith(".weight") or "norm" in ours or "embedding" in ours:
-            continue
+        if (
+            not ours.endswith(".weight")
+            or "norm" in ours
+            or "embedding" in ours
+            or "router" in ours
+        ):
+            continue  # stacked experts (no .weight) are not nn.Linear layers either
         found = [_SCHEME_OF_TYPE.get(tensors[name].tensor_type.name, "none") for name, *_ in parts]
         schemes[ours.removesuffix(".weight")] = max(found, key=_FINER.get)
     head = "token_embd.weight" if config.tie_embeddings else "output.weight"
@@ -297,95 +319,3 @@ def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     info = {"step": 0, "source": str(path), "format": "gguf", "architecture": arch}
     info["quantization"] = gguf_quantization_plan(path)
     return save_checkpoint(Path(out_dir), model, tokenizer, info)
-
-
-_TOKENIZER_WRITERS = {
-    "tokenizer.ggml.model": "add_tokenizer_model",
-    "tokenizer.ggml.pre": "add_tokenizer_pre",
-    "tokenizer.ggml.tokens": "add_token_list",
-    "tokenizer.ggml.token_type": "add_token_types",
-    "tokenizer.ggml.merges": "add_token_merges",
-    "tokenizer.ggml.eos_token_id": "add_eos_token_id",
-    "tokenizer.ggml.bos_token_id": "add_bos_token_id",
-    "tokenizer.ggml.add_bos_token": "add_add_bos_token",
-    "tokenizer.chat_template": "add_chat_template",
-}
-
-
-def _add_metadata(writer: gguf.GGUFWriter, config: ModelConfig, name: str, file_type: int) -> None:
-    writer.add_name(name)
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_context_length(config.context_length)
-    writer.add_embedding_length(config.dim)
-    writer.add_block_count(config.num_layers)
-    writer.add_feed_forward_length(config.hidden_dim)
-    writer.add_head_count(config.num_heads)
-    writer.add_head_count_kv(config.kv_heads)
-    if config.head_dim is not None:  # llama.cpp otherwise derives dim // heads
-        writer.add_key_length(config.attn_head_dim)
-        writer.add_value_length(config.attn_head_dim)
-    writer.add_rope_dimension_count(config.attn_head_dim)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-
-
-def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = "f16") -> Path:
-    """Write a Llama-architecture checkpoint as a llama.cpp GGUF file (f32, f16, bf16 or q8_0).
-
-    Norms and other 1-D tensors stay f32, as llama.cpp keeps them; a q8_0 matrix whose rows do not
-    split into 32-value blocks falls back to f16. Written under a temporary name, then renamed.
-    """
-    from lmforge.train.checkpoint import load_model
-
-    if dtype not in EXPORT_DTYPES:
-        raise ConfigError(
-            f"GGUF dtype '{dtype}' is not supported; use one of {', '.join(EXPORT_DTYPES)}"
-        )
-    model, tokenizer, directory = load_model(checkpoint_path)
-    config = model.config
-    if _export_type(config) != "llama":
-        raise ConfigError("GGUF export supports Llama models (swiglu/rmsnorm/rope, no biases) only")
-    tokenizer_meta = tokenizer_metadata(tokenizer, config.vocab_size)
-    qtype, file_type = EXPORT_DTYPES[dtype]
-    out_path = Path(out_path)
-    temporary = out_path.with_name(out_path.name + ".tmp")
-    state = model.state_dict()
-    writer = gguf.GGUFWriter(str(temporary), "llama")
-    try:
-        _add_metadata(writer, config, Path(directory).resolve().name, file_type)
-        for key, value in tokenizer_meta.items():
-            getattr(writer, _TOKENIZER_WRITERS[key])(value)
-        if config.rope_scaling == "llama3":
-            plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling="none"))
-            divisors = (plain / rope_inverse_frequencies(config)).numpy().astype(np.float32)
-            writer.add_tensor("rope_freqs.weight", divisors)
-        for ours, parts in _layout(config, "llama"):
-            tensor = state[ours].float()
-            pieces = tensor.split([rows for _, rows, _ in parts]) if len(parts) > 1 else [tensor]
-            for (name, _, heads), piece in zip(parts, pieces, strict=True):
-                array = (_permute(piece, heads) if heads else piece).contiguous().numpy()
-                _add_tensor(writer, name, array, qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(temporary, out_path)
-    except BaseException:
-        writer.close()
-        temporary.unlink(missing_ok=True)
-        raise
-    return out_path
-
-
-def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, qtype: Any) -> None:
-    if array.ndim == 1:
-        writer.add_tensor(name, array.astype(np.float32))
-        return
-    try:
-        data = gguf.quants.quantize(array, qtype)
-    except gguf.quants.QuantError:  # rows not a whole number of blocks
-        qtype = _Q.F16
-        data = array.astype(np.float16)
-    writer.add_tensor(name, data, raw_dtype=qtype)

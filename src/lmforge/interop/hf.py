@@ -170,12 +170,27 @@ def _export_type(config: ModelConfig) -> str:
                 "MoE / MLA / sliding-window export needs swiglu/rmsnorm/rope, no bias"
             )
         return zoo or "mistral"
-    # GPT-2 has no head_dim or kv-head settings: plain multi-head attention only.
-    plain_heads = config.kv_heads == config.num_heads == config.dim / config.attn_head_dim
-    if flavour == ("gelu", "layernorm", "learned", True) and plain_heads:
-        return "gpt2"
+    if flavour == ("gelu", "layernorm", "learned", True):
+        # GPT-2 has no head_dim or kv-head settings: plain multi-head attention only.
+        if config.kv_heads == config.num_heads == config.dim / config.attn_head_dim:
+            return "gpt2"
+        raise ConfigError(
+            f"GPT-2 export needs plain MHA, multi-head attention (num_kv_heads = num_heads and "
+            f"head_dim = dim / num_heads), but this model has {config.num_heads} heads, "
+            f"{config.kv_heads} kv heads and head_dim {config.attn_head_dim} at dim {config.dim}"
+        )
     if flavour == ("swiglu", "rmsnorm", "rope", False):
-        return "qwen2" if config.qkv_bias else "llama"
+        if config.dim % config.num_heads == 0:
+            return "qwen2" if config.qkv_bias else "llama"
+        # transformers' Llama and Qwen2 configs refuse a hidden size that is not a multiple of
+        # the head count even with an explicit head_dim; Mistral (Llama without a sliding
+        # window) takes head_dim as given, so such a model exports as Mistral.
+        if not config.qkv_bias:
+            return "mistral"
+        raise ConfigError(
+            f"model.dim={config.dim} is not a multiple of num_heads={config.num_heads}, which "
+            "transformers' Qwen2 (q/k/v biases) refuses; export needs num_heads dividing dim"
+        )
     raise ConfigError(
         f"no HF architecture matches mlp={config.mlp}, norm={config.norm}, "
         f"position={config.position}, bias={config.bias}; export supports Llama "

@@ -149,6 +149,23 @@ def import_hf(directory: str | Path, out_dir: str | Path) -> Path:
     return write_checkpoint(out_dir, config, state, tokenizer, info)
 
 
+def check_with_transformers(hf_config: dict) -> None:
+    """Where transformers is installed, let its own config class validate the export first, so
+    that a shape it refuses fails here in one line rather than when the directory is loaded."""
+    try:
+        import transformers
+    except ImportError:
+        return  # the rules in hf.py cover the known refusals
+    try:
+        transformers.AutoConfig.for_model(**hf_config)
+    except Exception as error:  # each config class raises its own types
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"transformers {transformers.__version__} refuses the exported "
+            f"{hf_config['model_type']} config ({reason.strip()}); change the model shape"
+        ) from None
+
+
 def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Write an lmforge checkpoint as an HF directory (config, safetensors, tokenizer)."""
     if dtype not in HF_DTYPES:
@@ -160,6 +177,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32
     model, tokenizer, _ = load_model(checkpoint)
     config = model.config
     hf_config = hf_config_from_model_config(config)  # ConfigError for unexportable shapes
+    check_with_transformers(hf_config)
     ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eot_id}
     # Both spellings: transformers 4 reads torch_dtype, 5 reads dtype.
     hf_config |= ids | {"torch_dtype": dtype, "dtype": dtype}

@@ -72,9 +72,36 @@ def config_from_zoo(hf: dict, model_type: str, common: dict) -> ModelConfig:
 
 
 def zoo_export_type(config: ModelConfig) -> str | None:
+    """mixtral, deepseek_v2 or deepseek_v3; a ConfigError where the routing has no equivalent
+    there (the HF model would load but route differently, so its outputs would be wrong)."""
     if config.attention == "mla":
-        return "deepseek_v3" if config.moe_scoring == "sigmoid" else "deepseek_v2"
+        model_type = "deepseek_v3" if config.moe_scoring == "sigmoid" else "deepseek_v2"
+        if model_type == "deepseek_v2" and config.ffn == "moe" and config.moe_norm_topk:
+            raise ConfigError(
+                "DeepSeek-V2 (softmax routing) never renormalises the top-k expert weights; "
+                "set model.moe_norm_topk=false to export this model"
+            )
+        if model_type == "deepseek_v2" and config.moe_bias_balancing:
+            raise ConfigError(
+                "DeepSeek-V2 has no expert selection bias; export needs "
+                "model.moe_bias_balancing=false (or sigmoid scoring, DeepSeek-V3)"
+            )
+        return model_type
     if config.ffn == "moe":
+        mixtral_routing = (
+            config.moe_scoring == "softmax"
+            and config.moe_norm_topk
+            and config.moe_routed_scale == 1.0
+            and config.moe_groups == 1
+            and config.num_shared_experts == 0
+            and not config.moe_bias_balancing
+        )
+        if not mixtral_routing:
+            raise ConfigError(
+                "an MoE model without MLA exports as Mixtral, whose routing is softmax, top-k "
+                "renormalised, no shared experts, groups, scaling or selection bias; this "
+                "model's routing differs"
+            )
         return "mixtral"
     return None
 
