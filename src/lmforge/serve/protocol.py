@@ -1,15 +1,19 @@
 """OpenAI request models (pydantic) and the error shape.
 
-Every check of a sampling option sits in `SamplingRequest` (field constraints), and every check
-that needs the model or the tokenizer in `check_lengths`: the one place to swap for a shared
-sampling-options validator.
+A sampling option is checked twice in `SamplingRequest`: by OpenAI's own limits (field
+constraints, e.g. temperature <= 2) and by the validator `sample` and `chat` share
+(`check_sampling_options`), so the three commands accept the same values. Checks that need the
+model or the tokenizer are in `check_lengths`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lmforge.errors import ConfigError
+from lmforge.sampling_validation import check_sampling_options
 
 MAX_STOP_STRINGS = 16
 MAX_LOGPROBS = 20
@@ -75,6 +79,20 @@ class SamplingRequest(BaseModel):
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
         return stops
+
+    @model_validator(mode="after")
+    def _shared_sampling_rules(self) -> SamplingRequest:
+        try:
+            check_sampling_options(
+                self.max_tokens or 1,
+                self.temperature,
+                self.top_k_or_none(),
+                self.top_p,
+                flag=lambda name: "max_tokens" if name == "max_new_tokens" else name,
+            )
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return self
 
     def stop_strings(self) -> list[str]:
         return list(self.stop or [])
