@@ -22,14 +22,14 @@ PACKAGE = "lmforge"
 # module); the package's own `__init__.py` is "__init__".
 LAYERS: tuple[tuple[str, ...], ...] = (
     # the ground floor: errors, the generic config validator, the machine as an input
-    ("errors", "_validate", "runtime"),
+    ("errors", "_validate", "runtime", "json_files", "sampling_validation", "_callable_package"),
     # the model, tokenizers and data; `config` holds the run-config dataclasses, which compose the
-    # model and data configs, so it lives on this floor too
-    ("models", "tokenizer", "data", "config"),
+    # model and data configs, so it lives on this floor too (with their range checks)
+    ("models", "tokenizer", "data", "config", "config_checks"),
     ("parallel",),
     ("checkpoint", "train", "finetune"),
     # generate/sample/chat are top-level modules until they move into `inference/`
-    ("inference", "generate", "sample", "chat", "evals", "interop", "serve"),
+    ("inference", "generate", "api", "sample", "chat", "evals", "interop", "serve"),
     ("cli", "__main__", "__init__"),
 )
 

@@ -27,7 +27,8 @@ from lmforge.evals.loglikelihood import rolling_windows, score_continuations
 from lmforge.generate import SamplingConfig
 from lmforge.generate import generate as generate_ids
 from lmforge.models.transformer import Transformer
-from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer import END_OF_TEXT, Tokenizer
+from lmforge.tokenizer.chat import encode_chat
 
 if TYPE_CHECKING:
     from lmforge.train.loop import TrainResult
@@ -62,7 +63,6 @@ class LanguageModel:
 
     def encode_prompt(self, text: str) -> list[int]:
         """Prompt ids as `lmforge sample` builds them (with BOS / end-of-text where due)."""
-        from lmforge.sample import encode_prompt
 
         return encode_prompt(self.tokenizer, text)
 
@@ -181,8 +181,8 @@ def load(
     from lmforge.finetune.pretrained import load_pretrained
     from lmforge.inference import prepare_for_decoding
     from lmforge.interop.gguf import model_from_state
+    from lmforge.runtime import pick_device
     from lmforge.train.checkpoint import load_model
-    from lmforge.train.runtime import pick_device
 
     torch_device = pick_device(device)
     source = Path(path).expanduser()
@@ -275,3 +275,22 @@ def finetune(
     from lmforge.finetune.run import finetune as finetune_loop
 
     return finetune_loop(_run_config(config, overrides, FinetuneRunConfig), resume=resume)
+
+
+def encode_prompt(
+    tokenizer: Tokenizer, prompt: str, chat: bool = False, template=None
+) -> list[int]:
+    """Prompt ids with the model's start marker.
+
+    BOS where the tokenizer asks for one (Llama); else <|endoftext|> where that is the
+    tokenizer's end-of-text (lmforge's pretraining and GPT-2 put it before every document); with
+    `chat`, the prompt becomes a user message in the chat template.
+    """
+    if chat:
+        return encode_chat(tokenizer, [{"role": "user", "content": prompt}], template)
+    ids = tokenizer.encode(prompt)
+    if tokenizer.add_bos and tokenizer.bos_id is not None:
+        return [tokenizer.bos_id, *ids]
+    if not ids or tokenizer.decode([tokenizer.eot_id], skip_special=False) == END_OF_TEXT:
+        return [tokenizer.eot_id, *ids]
+    return ids

@@ -21,6 +21,7 @@ import tyro
 
 from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
+from lmforge.evals.lm_eval_command import LmEvalEval
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 from lmforge.serve.options import ServeCommand
 
@@ -213,29 +214,6 @@ class LossEval:
     """auto: bf16 where this machine runs it fast (GPU, AMX CPU), else fp32."""
     document_masking: bool = False
     """Attend only within each document of a window (as in training with it)."""
-
-
-@dataclass
-class LmEvalEval:
-    """EleutherAI lm-evaluation-harness tasks on a checkpoint, in-process (extra lmforge[eval])."""
-
-    checkpoint: str
-    """Checkpoint or run directory, .gguf file or HF model directory."""
-    tasks: tuple[str, ...]
-    """lm-eval task names: the shipped offline lmforge_hellaswag, lmforge_wikitext2, or tasks
-    from --include_path."""
-    data: tuple[str, ...] = ()
-    """Local data per shipped task, as TASK=PATH (default: files under $LMFORGE_SHARED_DATA)."""
-    include_path: tuple[str, ...] = ()
-    """Directories of further lm-eval task configs (YAML), e.g. pointing at local json/parquet."""
-    limit: int | None = None
-    """Evaluate only the first N documents of each task."""
-    num_fewshot: int | None = None
-    batch_size: int = 16
-    device: str = "auto"
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    out: str | None = None
-    """Write lm-eval's results (and per-document samples) as JSON here."""
 
 
 @dataclass

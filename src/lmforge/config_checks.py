@@ -16,9 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lmforge.errors import ConfigError
+from lmforge.runtime import check_device
 
 Rule = tuple[Callable[[float], bool], str]
 
@@ -80,8 +79,6 @@ RANGES: dict[str, Rule] = {
     "finetune.lora.dropout": BETA,
 }
 
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-
 
 def _lookup(config: Any, dotted: str) -> tuple[bool, Any]:
     value = config
@@ -107,33 +104,6 @@ def check_ranges(config: Any) -> None:
         present, value = _lookup(config, key)
         if present:
             check_number(key, value, rule)
-
-
-def check_device(name: str, key: str = "train.device") -> None:
-    """A device string that names a backend this machine has (auto is always fine)."""
-    if name == "auto":
-        return
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise ConfigError(
-            f"{key}={name!r} is not a device lmforge can use; use auto, cpu, cuda[:N], mps or xpu"
-        )
-    backend = getattr(torch, device.type, None) if device.type in ("cuda", "xpu") else None
-    available = {
-        "cpu": True,
-        "mps": torch.backends.mps.is_available(),
-    }.get(device.type, backend is not None and backend.is_available())
-    if not available:
-        label = {"cuda": "CUDA GPU", "mps": "Apple MPS GPU", "xpu": "Intel XPU"}[device.type]
-        raise ConfigError(f"{key}={name!r} but no {label} is visible; use auto or cpu")
-    if backend is not None and device.index is not None and device.index >= backend.device_count():
-        raise ConfigError(
-            f"{key}={name!r} but only {backend.device_count()} {device.type} device(s) are "
-            f"visible; use an index below {backend.device_count()}"
-        )
 
 
 def _first_existing(path: Path) -> Path:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from lmforge.config_checks import check_device
 from lmforge.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 BF16_FASTER = 1.5
 """`auto` picks bf16 on a CPU only when its matmul is at least this much faster than fp32's:
@@ -38,9 +38,36 @@ PEAK_SIZE = {"cpu": 1024, "cuda": 8192}
 """Square matmul for the peak: ~20 ms in fp32 on a slow 2-core CPU, ~1 ms in bf16 on AMX."""
 
 
+def check_device(name: str, key: str = "train.device") -> None:
+    """A device string that names a backend this machine has (auto is always fine)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(
+            f"{key}={name!r} is not a device lmforge can use; use auto, cpu, cuda[:N], mps or xpu"
+        )
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "xpu") else None
+    available = {
+        "cpu": True,
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, backend is not None and backend.is_available())
+    if not available:
+        label = {"cuda": "CUDA GPU", "mps": "Apple MPS GPU", "xpu": "Intel XPU"}[device.type]
+        raise ConfigError(f"{key}={name!r} but no {label} is visible; use auto or cpu")
+    if backend is not None and device.index is not None and device.index >= backend.device_count():
+        raise ConfigError(
+            f"{key}={name!r} but only {backend.device_count()} {device.type} device(s) are "
+            f"visible; use an index below {backend.device_count()}"
+        )
+
+
 def pick_device(name: str = "auto", key: str = "--device") -> torch.device:
     """The device `name` names (auto: cuda, then mps, then cpu); `key` is the option that gave
-    it, for the one-line error (config_checks.check_device) when this machine lacks it."""
+    it, for the one-line error (check_device) when this machine lacks it."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lmforge.api import encode_prompt, load  # the Python API's loader (docs/python-api.md)
 from lmforge.generate import SamplingConfig
 from lmforge.inference import should_compile
 from lmforge.sampling_validation import check_sampling_options
-from lmforge.tokenizer import END_OF_TEXT, Tokenizer
-from lmforge.tokenizer.chat import encode_chat
+from lmforge.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from lmforge.cli import SampleCommand
@@ -36,28 +36,7 @@ class StreamPrinter:
         self.printed = len(text)
 
 
-def encode_prompt(
-    tokenizer: Tokenizer, prompt: str, chat: bool = False, template=None
-) -> list[int]:
-    """Prompt ids with the model's start marker.
-
-    BOS where the tokenizer asks for one (Llama); else <|endoftext|> where that is the
-    tokenizer's end-of-text (lmforge's pretraining and GPT-2 put it before every document); with
-    `chat`, the prompt becomes a user message in the chat template.
-    """
-    if chat:
-        return encode_chat(tokenizer, [{"role": "user", "content": prompt}], template)
-    ids = tokenizer.encode(prompt)
-    if tokenizer.add_bos and tokenizer.bos_id is not None:
-        return [tokenizer.bos_id, *ids]
-    if not ids or tokenizer.decode([tokenizer.eot_id], skip_special=False) == END_OF_TEXT:
-        return [tokenizer.eot_id, *ids]
-    return ids
-
-
 def sample(command: SampleCommand) -> list[str]:
-    from lmforge.api import load  # the Python API's loader and generation (docs/python-api.md)
-
     check_sampling_options(
         command.max_new_tokens, command.temperature, command.top_k, command.top_p, command.prompt
     )

@@ -6,12 +6,33 @@ Kept apart from lm_eval_adapter.py so that a missing lm-eval is one line naming 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Literal
 
 from lmforge.errors import LmforgeError
 
-if TYPE_CHECKING:
-    from lmforge.cli import LmEvalEval
+
+@dataclass
+class LmEvalEval:
+    """EleutherAI lm-evaluation-harness tasks on a checkpoint, in-process (extra lmforge[eval])."""
+
+    checkpoint: str
+    """Checkpoint or run directory, .gguf file or HF model directory."""
+    tasks: tuple[str, ...]
+    """lm-eval task names: the shipped offline lmforge_hellaswag, lmforge_wikitext2, or tasks
+    from --include_path."""
+    data: tuple[str, ...] = ()
+    """Local data per shipped task, as TASK=PATH (default: files under $LMFORGE_SHARED_DATA)."""
+    include_path: tuple[str, ...] = ()
+    """Directories of further lm-eval task configs (YAML), e.g. pointing at local json/parquet."""
+    limit: int | None = None
+    """Evaluate only the first N documents of each task."""
+    num_fewshot: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    out: str | None = None
+    """Write lm-eval's results (and per-document samples) as JSON here."""
 
 
 def run_lm_eval_command(task: LmEvalEval) -> None:

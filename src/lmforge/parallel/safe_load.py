@@ -26,13 +26,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
 from lmforge.errors import CheckpointError, LmforgeError
-
-
-def refuse_bytes_item(directory: Path, key: str) -> CheckpointError:
-    return CheckpointError(
-        f"{directory}: entry '{key}' is stored as pickled bytes, which lmforge never writes and "
-        "will not unpickle (it could run code); use a checkpoint you made"
-    )
+from lmforge.parallel.safe_reader import SafeReader, refuse_bytes_item
 
 
 def _local_numel(value: torch.Tensor) -> int:
@@ -124,7 +118,6 @@ def one_line(error: BaseException) -> str:
 
 def safe_dcp_load(state: dict, directory: Path, no_dist: bool) -> None:
     """dcp.load with SafeReader and SafeLoadPlanner; any failure is one CheckpointError line."""
-    from lmforge.parallel.safe_reader import SafeReader
 
     planner = SafeLoadPlanner(directory)
     try:

@@ -82,8 +82,6 @@ class SafeReader(FileSystemReader):
             raise CheckpointError(f"{path} is not a checkpoint index; resume from another one")
         for key, entry in metadata.state_dict_metadata.items():
             if isinstance(entry, BytesStorageMetadata):
-                from lmforge.parallel.safe_load import refuse_bytes_item
-
                 raise refuse_bytes_item(self.directory, key)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
@@ -91,9 +89,15 @@ class SafeReader(FileSystemReader):
         return metadata
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner):
-        from lmforge.parallel.safe_load import refuse_bytes_item
 
         for item in plan.items:
             if item.type == LoadItemType.BYTE_IO:
                 raise refuse_bytes_item(self.directory, item.dest_index.fqn)
         return super().read_data(plan, planner)
+
+
+def refuse_bytes_item(directory: Path, key: str) -> CheckpointError:
+    return CheckpointError(
+        f"{directory}: entry '{key}' is stored as pickled bytes, which lmforge never writes and "
+        "will not unpickle (it could run code); use a checkpoint you made"
+    )
