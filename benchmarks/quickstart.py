@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomllib
+
 from lmforge.runtime import machine_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +64,7 @@ def main() -> None:
             work,
         )  # fmt: skip
         records = [json.loads(x) for x in (work / "runs/quickstart/metrics.jsonl").open()]
+        resolved = tomllib.loads((work / "runs/quickstart/config.toml").read_text())["train"]
     val = [r["val_loss"] for r in records if "val_loss" in r]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][
         1:
@@ -76,9 +79,16 @@ def main() -> None:
         ("train s (process start to exit)", f"{train_s:.1f}"),
         ("sample s (120 tokens)", f"{sample_s:.1f}"),
         ("total wall s", f"{total:.1f}"),
+        (
+            "dtype (auto) / steps trained (time_budget)",
+            f"{resolved['dtype']} / {resolved['max_steps']}",
+        ),
         ("final val loss (nats/token)", f"{val[-1]:.3f}"),
         ("train tokens/s (median of log intervals)", f"{statistics.median(speeds):,.0f}"),
-        ("MFU (median, vs measured bf16 matmul peak)", f"{100 * statistics.median(mfu):.1f}%"),
+        (
+            "MFU (median, vs the measured peak of that dtype)",
+            f"{100 * statistics.median(mfu):.1f}%",
+        ),
     ]
     table = "| quickstart | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     print(table)

@@ -26,7 +26,7 @@ def test_steps_fill_the_budget_with_evaluations_counted():
 
 def test_a_budget_shorter_than_the_probe_names_the_minimum():
     cfg = TrainConfig(time_budget=2.0)
-    with pytest.raises(TrainingError, match=r"time_budget >= 4\b"):
+    with pytest.raises(TrainingError, match=rf"time_budget >= {PROBE_STEPS + 1}\b"):
         steps_within_budget(cfg, PROBE_STEPS + 1, 1.0, 4.0, 1)
 
 
@@ -52,7 +52,7 @@ def test_budgeted_steps_are_recorded_and_kept_by_resume(
     settings = {"max_steps": 50, "time_budget": 12.0, "checkpoint_interval": 6, "eval_interval": 6}
     out = tmp_path / "run"
     first = train(tiny_run(out, corpus_file, byte_data_dir, train=settings | {"max_steps": 50}))
-    # 4 steps in 4 s, then (12 - 4 - 1/3) / (1 + 1/3 / 6) more: an evaluation is one forward
+    # 6 steps in 6 s, then (12 - 6 - 1/3) / (1 + 1/3 / 6) more: an evaluation is one forward
     # pass, a third of a step.
     assert first.step == 11
     config = tomllib.loads((out / "config.toml").read_text())

@@ -10,7 +10,9 @@ learning-rate schedule) instead of measuring again: a resumed run stays exact.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -18,7 +20,9 @@ from lmforge.config import TrainConfig
 from lmforge.errors import TrainingError
 from lmforge.parallel.dist import DistInfo, decided_by_main
 
-PROBE_STEPS = 3
+PROBE_STEPS = 5
+"""Steps timed after the first; their median is the pace, so one step slowed by a busy host
+(or a one-time kernel build) does not shrink the whole run."""
 
 
 def steps_within_budget(
@@ -53,18 +57,20 @@ class BudgetProbe:
         if self.pending and resumed_state is not None and resumed_state.get("budgeted_max_steps"):
             cfg.max_steps, self.pending = resumed_state["budgeted_max_steps"], False
         self.started_at = started_at
-        self.train_start, self.probe_start = time.perf_counter(), 0.0
+        self.train_start = time.perf_counter()
+        self.marks: list[float] = []
 
     def after_step(
         self, step: int, info: DistInfo, accumulation: int, say: Callable[[str], None]
     ) -> bool:
         """Call after each step; True when this step decided (and changed) cfg.max_steps."""
-        if self.pending and step == self.started_at + 1:
-            self.probe_start = time.perf_counter()
-        elif self.pending and step == self.started_at + 1 + PROBE_STEPS:
+        if not self.pending or step <= self.started_at:
+            return False
+        self.marks.append(time.perf_counter())  # the end of each step from the first on
+        if step == self.started_at + 1 + PROBE_STEPS:
             cfg = self.cfg
-            now = time.perf_counter()
-            pace = (now - self.probe_start) / PROBE_STEPS
+            now = self.marks[-1]
+            pace = statistics.median(b - a for a, b in itertools.pairwise(self.marks))
             fit = functools.partial(
                 steps_within_budget, cfg, step, pace, now - self.train_start, accumulation
             )
