@@ -39,7 +39,7 @@ def reference_logprobs(model, ids: list[int]) -> list[float]:
 
 def test_train_and_finetune_are_the_api_functions():
     import lmforge.train.loop  # noqa: F401 (the subpackages load and stay importable)
-    from lmforge.train.checkpoint import load_model  # noqa: F401
+    from lmforge.checkpoint.directory import load_model  # noqa: F401
 
     assert callable(train) and callable(finetune)
     with pytest.raises(Exception, match="max_steps"):

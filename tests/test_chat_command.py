@@ -9,13 +9,13 @@ import torch
 from conftest import assert_one_line_error, make_text, run_cli
 
 from lmforge.chat import chat, fit_conversation
+from lmforge.checkpoint.directory import save_checkpoint
 from lmforge.cli import ChatCommand, SampleCommand
 from lmforge.errors import ConfigError
 from lmforge.models.presets import model_preset
 from lmforge.models.transformer import Transformer
 from lmforge.sample import encode_prompt, sample
 from lmforge.tokenizer import HuggingFaceTokenizer, encode_chat
-from lmforge.train.checkpoint import save_checkpoint
 
 
 def make_checkpoint(directory, chat_template: str | None):

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
 from lmforge.generate import SamplingConfig, generate
 from lmforge.inference import prepare_for_decoding, should_compile
@@ -14,7 +15,6 @@ from lmforge.sample import StreamPrinter
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
-from lmforge.train.checkpoint import load_model
 
 if TYPE_CHECKING:
     from lmforge.cli import ChatCommand

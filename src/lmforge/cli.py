@@ -282,19 +282,8 @@ def run_merge(command: MergeCommand) -> None:
     print(f"merged {command.checkpoint} -> {path}")
 
 
-def refuse_adapters(path: str) -> None:
-    from lmforge.finetune.adapters import refuse_adapter_checkpoint
-
-    refuse_adapter_checkpoint(path)
-
-
-def run_export_full(command: ExportCommand) -> None:
-    refuse_adapters(command.checkpoint)
-    run_export(command)
-
-
 def run_consolidate(command: ConsolidateCommand) -> None:
-    from lmforge.train.run_checkpoint import consolidate_checkpoint
+    from lmforge.checkpoint.run_state import consolidate_checkpoint
 
     directory = consolidate_checkpoint(command.checkpoint)
     print(f"wrote {directory / 'model.safetensors'}")
@@ -314,14 +303,12 @@ def run_prepare(command: PrepareCommand) -> None:
 def run_sample(command: SampleCommand) -> None:
     from lmforge.sample import sample
 
-    refuse_adapters(command.checkpoint)
     sample(command)
 
 
 def run_chat(command: ChatCommand) -> None:
     from lmforge.chat import chat
 
-    refuse_adapters(command.checkpoint)
     chat(command)
 
 
@@ -333,7 +320,6 @@ def run_serve(command: ServeCommand) -> None:
             f"lmforge serve needs its extra ({error.name} is missing); "
             "install it with: pip install 'lmforge[serve]'"
         ) from None
-    refuse_adapters(command.checkpoint)
     serve(command)
 
 
@@ -341,7 +327,6 @@ def run_eval(command: EvalCommand) -> None:
     import json
 
     task = command.task
-    refuse_adapters(task.checkpoint)
     if isinstance(task, LmEvalEval):
         from lmforge.evals.lm_eval_command import run_lm_eval_command
 
@@ -362,9 +347,9 @@ def run_eval(command: EvalCommand) -> None:
         )
         return
 
+    from lmforge.checkpoint.directory import load_model
     from lmforge.evals.hellaswag import evaluate_hellaswag, load_hellaswag
     from lmforge.runtime import pick_device
-    from lmforge.train.checkpoint import load_model
 
     examples = load_hellaswag(task.data, task.limit)  # data errors before loading the model
     device = pick_device(task.device)
@@ -432,7 +417,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
     "convert": (ConvertCommand, run_convert),
-    "export": (ExportCommand, run_export_full),
+    "export": (ExportCommand, run_export),
     "consolidate": (ConsolidateCommand, run_consolidate),
 }
 

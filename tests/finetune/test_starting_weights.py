@@ -7,9 +7,9 @@ import pytest
 import torch
 from finetune_fixtures import tiny_base  # noqa: F401
 
+from lmforge.checkpoint.adapters import ADAPTER_CONFIG
+from lmforge.checkpoint.pretrained import load_pretrained
 from lmforge.errors import CheckpointError
-from lmforge.finetune.adapters import ADAPTER_CONFIG
-from lmforge.finetune.pretrained import load_pretrained
 from lmforge.interop.gguf_export import export_gguf
 from lmforge.interop.hf_dir import export_hf
 

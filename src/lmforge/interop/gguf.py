@@ -312,7 +312,7 @@ def load_gguf(path: str | Path) -> tuple[Transformer, Tokenizer]:
 
 def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     """Convert a GGUF file into an lmforge checkpoint directory (nothing is written on error)."""
-    from lmforge.train.checkpoint import save_checkpoint
+    from lmforge.checkpoint.directory import save_checkpoint
 
     model, tokenizer = load_gguf(path)
     arch = "gpt2" if model.config.position == "learned" else "llama"

@@ -137,7 +137,7 @@ def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, qtype: An
 
 def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = "f16") -> Path:
     """Write a checkpoint as a llama.cpp GGUF file; written under a temporary name, then renamed."""
-    from lmforge.train.checkpoint import load_model
+    from lmforge.checkpoint.directory import load_model
 
     if dtype not in EXPORT_DTYPES:
         raise ConfigError(

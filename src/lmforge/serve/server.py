@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
 from lmforge.inference import prepare_for_decoding
 from lmforge.runtime import pick_device
@@ -20,7 +21,6 @@ from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.gate import ServerState
 from lmforge.serve.options import ServeCommand
-from lmforge.train.checkpoint import load_model
 
 API_KEY_ENV = "LMFORGE_API_KEY"
 
