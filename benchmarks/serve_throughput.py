@@ -72,9 +72,9 @@ def run_sample_sequentially(checkpoint: Path, texts: list[str], max_tokens: int)
     import torch
 
     from lmforge.checkpoint.directory import load_model
-    from lmforge.generate import SamplingConfig, generate
-    from lmforge.inference import prepare_for_decoding
-    from lmforge.sample import encode_prompt
+    from lmforge.inference.decoding import prepare_for_decoding
+    from lmforge.inference.generate import SamplingConfig, generate
+    from lmforge.inference.sample import encode_prompt
 
     model, tokenizer, directory = load_model(checkpoint, "cpu")
     model, _ = prepare_for_decoding(model, directory, "auto", "auto")

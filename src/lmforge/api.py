@@ -24,8 +24,8 @@ import torch
 from lmforge.config import FinetuneRunConfig, RunConfig, config_from_dict, resolve_config_path
 from lmforge.errors import ConfigError
 from lmforge.evals.loglikelihood import rolling_windows, score_continuations
-from lmforge.generate import SamplingConfig
-from lmforge.generate import generate as generate_ids
+from lmforge.inference.generate import SamplingConfig
+from lmforge.inference.generate import generate as generate_ids
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import END_OF_TEXT, Tokenizer
 from lmforge.tokenizer.chat import encode_chat
@@ -180,7 +180,7 @@ def load(
     """
     from lmforge.checkpoint.directory import load_model
     from lmforge.checkpoint.pretrained import load_pretrained
-    from lmforge.inference import prepare_for_decoding
+    from lmforge.inference.decoding import prepare_for_decoding
     from lmforge.interop.gguf import model_from_state
     from lmforge.runtime import pick_device
 

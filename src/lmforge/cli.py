@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import tyro
 
@@ -24,6 +24,9 @@ from lmforge.errors import LmforgeError, TrainingError
 from lmforge.evals.lm_eval_command import LmEvalEval
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 from lmforge.serve.options import ServeCommand
+
+if TYPE_CHECKING:
+    from lmforge.inference.options import DecodeOptions
 
 Dtype = Literal["auto", "fp32", "bf16"]
 Quantize = Literal["auto", "none", "int8", "int4"]
@@ -300,16 +303,30 @@ def run_prepare(command: PrepareCommand) -> None:
     )
 
 
-def run_sample(command: SampleCommand) -> None:
-    from lmforge.sample import sample
+def decode_options(command: SampleCommand | ChatCommand) -> DecodeOptions:
+    """The decode settings of a sample or chat command, as the plain options they take."""
+    from lmforge.inference.options import DecodeOptions
 
-    sample(command)
+    names = [f.name for f in dataclasses.fields(DecodeOptions)]
+    return DecodeOptions(**{name: getattr(command, name) for name in names})
+
+
+def run_sample(command: SampleCommand) -> None:
+    from lmforge.inference.sample import sample
+
+    sample(
+        command.checkpoint, command.prompt, decode_options(command), chat=command.chat,
+        template=command.template, stop_at_end_of_text=command.stop_at_end_of_text,
+    )  # fmt: skip
 
 
 def run_chat(command: ChatCommand) -> None:
-    from lmforge.chat import chat
+    from lmforge.inference.chat import chat
 
-    chat(command)
+    chat(
+        command.checkpoint, decode_options(command), system=command.system,
+        template=command.template,
+    )  # fmt: skip
 
 
 def run_serve(command: ServeCommand) -> None:

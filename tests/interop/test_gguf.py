@@ -23,7 +23,7 @@ from gguf_fixtures import (
 from lmforge.checkpoint.directory import load_model, save_checkpoint
 from lmforge.cli import main
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.interop.gguf import (
     _layout,
     gguf_quantization_plan,

@@ -22,7 +22,7 @@ from interop_fixtures import (
 
 from lmforge.checkpoint.directory import load_model
 from lmforge.cli import main
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.tokenizer import ByteTokenizer, CharTokenizer
 
 transformers = pytest.importorskip("transformers")

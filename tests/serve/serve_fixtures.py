@@ -22,7 +22,7 @@ import torch
 from conftest import make_text
 
 from lmforge.checkpoint.directory import load_model, save_checkpoint
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import HuggingFaceTokenizer

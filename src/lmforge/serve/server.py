@@ -15,7 +15,7 @@ import uvicorn
 
 from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
-from lmforge.inference import prepare_for_decoding
+from lmforge.inference.decoding import prepare_for_decoding
 from lmforge.runtime import pick_device
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
