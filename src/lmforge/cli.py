@@ -358,8 +358,8 @@ def parse(command_type: type, args: list[str], prog: str):
     default = None
     run_field = {f.name: f for f in dataclasses.fields(command_type)}.get("run")
     if run_field is not None:
-        run_type = FinetuneRunConfig if "FinetuneRunConfig" in str(run_field.type) else RunConfig
-        default = command_type(run=_config_defaults(args, run_type))
+        # the run config's class is the field's default factory (RunConfig or FinetuneRunConfig)
+        default = command_type(run=_config_defaults(args, run_field.default_factory))
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
