@@ -78,7 +78,7 @@ def llama_cpp_run(path: Path, prompt: list[int], tokens: int, text: list[int]) -
 
 def lmforge_run(path: Path, prompt: list[int], tokens: int, text: list[int]) -> dict:
     from lmforge import load
-    from lmforge.generate import SamplingConfig
+    from lmforge.inference.generate import SamplingConfig
 
     quantized = load(path, device="cpu", quantize="auto")
     config = SamplingConfig(max_new_tokens=tokens, temperature=0.0)

@@ -71,10 +71,10 @@ def run_sample_sequentially(checkpoint: Path, texts: list[str], max_tokens: int)
     """What `lmforge sample` does per prompt, one request at a time, model loaded once."""
     import torch
 
-    from lmforge.generate import SamplingConfig, generate
-    from lmforge.inference import prepare_for_decoding
-    from lmforge.sample import encode_prompt
-    from lmforge.train.checkpoint import load_model
+    from lmforge.checkpoint.directory import load_model
+    from lmforge.inference.decoding import prepare_for_decoding
+    from lmforge.inference.generate import SamplingConfig, generate
+    from lmforge.inference.sample import encode_prompt
 
     model, tokenizer, directory = load_model(checkpoint, "cpu")
     model, _ = prepare_for_decoding(model, directory, "auto", "auto")

@@ -17,7 +17,7 @@ from gguf_fixtures import tiny_checkpoint  # noqa: E402
 from lmforge import LanguageModel, finetune, load, train  # noqa: E402
 from lmforge.evals.hellaswag import Example, evaluate_hellaswag  # noqa: E402
 from lmforge.evals.loglikelihood import rolling_windows, score_continuations  # noqa: E402
-from lmforge.generate import SamplingConfig, generate  # noqa: E402
+from lmforge.inference.generate import SamplingConfig, generate  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog. def model(tokens): return loss\n"
 
@@ -39,7 +39,7 @@ def reference_logprobs(model, ids: list[int]) -> list[float]:
 
 def test_train_and_finetune_are_the_api_functions():
     import lmforge.train.loop  # noqa: F401 (the subpackages load and stay importable)
-    from lmforge.train.checkpoint import load_model  # noqa: F401
+    from lmforge.checkpoint.directory import load_model  # noqa: F401
 
     assert callable(train) and callable(finetune)
     with pytest.raises(Exception, match="max_steps"):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error
 
+from lmforge.checkpoint import run_state
+from lmforge.checkpoint.directory import write_manifest
 from lmforge.cli import main
-from lmforge.train import run_checkpoint
-from lmforge.train.checkpoint import write_manifest
 
 TINY = ["--model.preset", "tiny-llama", "--data.tokenizer", "byte", "--train.seq_len", "32"]
 TINY += ["--train.micro_batch_size", "4", "--train.batch_tokens", "128", "--train.dtype", "fp32"]
@@ -101,7 +101,7 @@ def full_disk(world, monkeypatch) -> list[str]:
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(run_checkpoint.ckpt, "write_checkpoint_files", no_space)
+    monkeypatch.setattr(run_state.ckpt, "write_checkpoint_files", no_space)
     return train(world, "--resume", "--train.max_steps", "6", out=str(world["run"]))
 
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 from conftest import assert_one_line_error, make_text, run_cli
 
-from lmforge.chat import chat, fit_conversation
-from lmforge.cli import ChatCommand, SampleCommand
+from lmforge.checkpoint.directory import save_checkpoint
+from lmforge.cli import ChatCommand, decode_options
 from lmforge.errors import ConfigError
+from lmforge.inference.chat import chat, fit_conversation
+from lmforge.inference.options import DecodeOptions
+from lmforge.inference.sample import encode_prompt, sample
 from lmforge.models.presets import model_preset
 from lmforge.models.transformer import Transformer
-from lmforge.sample import encode_prompt, sample
 from lmforge.tokenizer import HuggingFaceTokenizer, encode_chat
-from lmforge.train.checkpoint import save_checkpoint
 
 
 def make_checkpoint(directory, chat_template: str | None):
@@ -47,9 +48,13 @@ def scripted(lines):
 def test_chat_keeps_the_conversation_and_resets(chat_checkpoint):
     directory, _ = chat_checkpoint
     out = io.StringIO()
-    command = ChatCommand(checkpoint=str(directory), max_new_tokens=8, system="be brief")
+    options = decode_options(ChatCommand(checkpoint=str(directory), max_new_tokens=8))
     messages = chat(
-        command, read=scripted(["hello there", "and again", "/reset", "fresh"]), out=out
+        str(directory),
+        options,
+        system="be brief",
+        read=scripted(["hello there", "and again", "/reset", "fresh"]),
+        out=out,
     )
     # After /reset only the system prompt survives, then one new exchange.
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
@@ -62,16 +67,13 @@ def test_chat_reply_is_the_greedy_continuation_of_the_template(chat_checkpoint):
     """The streamed reply equals decoding the chat-template prompt directly (same model, greedy)."""
     directory, tokenizer = chat_checkpoint
     out = io.StringIO()
-    command = ChatCommand(checkpoint=str(directory), max_new_tokens=6)
-    messages = chat(command, read=scripted(["what is two plus two"]), out=out)
+    options = decode_options(ChatCommand(checkpoint=str(directory), max_new_tokens=6))
+    messages = chat(str(directory), options, read=scripted(["what is two plus two"]), out=out)
     expected = sample(
-        SampleCommand(
-            checkpoint=str(directory),
-            prompt=("what is two plus two",),
-            chat=True,
-            max_new_tokens=6,
-            temperature=0.0,
-        )
+        str(directory),
+        ["what is two plus two"],
+        DecodeOptions(max_new_tokens=6, temperature=0.0),
+        chat=True,
     )[0]
     assert messages[-1]["content"] == expected.strip()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import build, tiny_model
 
-from lmforge.generate import SamplingConfig, filter_logits, generate, next_tokens
+from lmforge.inference.generate import SamplingConfig, filter_logits, generate, next_tokens
 from lmforge.models.kv_cache import KVCache
 
 V = 101

@@ -23,9 +23,9 @@ from test_bad_input_catalogue import TINY, snapshot
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
+from lmforge.checkpoint.directory import MANIFEST_FILE, write_manifest
 from lmforge.cli import main
 from lmforge.parallel.safe_reader import SafeReader
-from lmforge.train.checkpoint import MANIFEST_FILE, write_manifest
 
 
 class Exploit:

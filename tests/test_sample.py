@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmforge.cli import main
-from lmforge.sample import StreamPrinter, encode_prompt
+from lmforge.inference.sample import StreamPrinter, encode_prompt
 from lmforge.tokenizer import ByteTokenizer
 
 

@@ -38,7 +38,7 @@ class FirstToken:
 def build(ctx: StageContext, preset: str, dtype: str):
     import torch
 
-    from lmforge.inference import prepare_for_decoding
+    from lmforge.inference.decoding import prepare_for_decoding
     from lmforge.models.presets import model_preset
     from lmforge.models.transformer import Transformer
 
@@ -58,7 +58,7 @@ def build(ctx: StageContext, preset: str, dtype: str):
 def measure(ctx: StageContext, preset: str) -> None:
     import torch
 
-    from lmforge.generate import SamplingConfig, generate
+    from lmforge.inference.generate import SamplingConfig, generate
 
     settings = DRY if ctx.dry_run else GPU
     model, description = build(ctx, preset, settings["dtype"])

@@ -24,8 +24,8 @@ import torch
 from lmforge.config import FinetuneRunConfig, RunConfig, config_from_dict, resolve_config_path
 from lmforge.errors import ConfigError
 from lmforge.evals.loglikelihood import rolling_windows, score_continuations
-from lmforge.generate import SamplingConfig
-from lmforge.generate import generate as generate_ids
+from lmforge.inference.generate import SamplingConfig
+from lmforge.inference.generate import generate as generate_ids
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import END_OF_TEXT, Tokenizer
 from lmforge.tokenizer.chat import encode_chat
@@ -178,18 +178,15 @@ def load(
     dtype: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16. quantize: none (default), int8,
     int4, or auto (a GGUF's own precision on CPU); quantized weights change scores slightly.
     """
-    from lmforge.finetune.pretrained import load_pretrained
-    from lmforge.inference import prepare_for_decoding
+    from lmforge.checkpoint.directory import load_model
+    from lmforge.checkpoint.pretrained import load_pretrained
+    from lmforge.inference.decoding import prepare_for_decoding
     from lmforge.interop.gguf import model_from_state
     from lmforge.runtime import pick_device
-    from lmforge.train.checkpoint import load_model
 
     torch_device = pick_device(device)
     source = Path(path).expanduser()
     if not (source.is_file() or _is_hf_dir(source)):  # an lmforge checkpoint or run dir
-        from lmforge.finetune.adapters import refuse_adapter_checkpoint
-
-        refuse_adapter_checkpoint(source)
         model, tokenizer, source = load_model(source, torch_device)
     else:
         config, state, tokenizer = load_pretrained(source)

@@ -15,15 +15,19 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import tyro
 
 from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
+from lmforge.evals.commands import HellaswagEval, LossEval, run_eval_task
 from lmforge.evals.lm_eval_command import LmEvalEval
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 from lmforge.serve.options import ServeCommand
+
+if TYPE_CHECKING:
+    from lmforge.inference.options import DecodeOptions
 
 Dtype = Literal["auto", "fp32", "bf16"]
 Quantize = Literal["auto", "none", "int8", "int4"]
@@ -177,46 +181,6 @@ class PresetsCommand:
 
 
 @dataclass
-class HellaswagEval:
-    """HellaSwag accuracy (acc, acc_norm) of a checkpoint."""
-
-    checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
-    data: str | None = None
-    """HellaSwag file: the original jsonl or llama.cpp's 6-line text format; default: download
-    the validation jsonl once."""
-    limit: int | None = None
-    """Evaluate only the first N examples."""
-    batch_size: int = 8
-    """Examples per forward pass (each is 4 rows, one per ending)."""
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 where this machine runs it fast (GPU, AMX CPU), else fp32."""
-    device: str = "auto"
-    out: str | None = None
-    """Write the summary and per-example predictions as JSON here (default: print only)."""
-
-
-@dataclass
-class LossEval:
-    """Mean loss of a checkpoint on a split of prepared data."""
-
-    checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
-    data: str
-    """Prepared data directory (from lmforge prepare)."""
-    split: str = "val"
-    batches: int = 50
-    batch_size: int = 8
-    seq_len: int | None = None
-    """Default: the model's context length."""
-    device: str = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 where this machine runs it fast (GPU, AMX CPU), else fp32."""
-    document_masking: bool = False
-    """Attend only within each document of a window (as in training with it)."""
-
-
-@dataclass
 class EvalCommand:
     """Evaluate a checkpoint: `eval hellaswag`, `eval loss` (on prepared data) or `eval lm-eval`."""
 
@@ -282,19 +246,8 @@ def run_merge(command: MergeCommand) -> None:
     print(f"merged {command.checkpoint} -> {path}")
 
 
-def refuse_adapters(path: str) -> None:
-    from lmforge.finetune.adapters import refuse_adapter_checkpoint
-
-    refuse_adapter_checkpoint(path)
-
-
-def run_export_full(command: ExportCommand) -> None:
-    refuse_adapters(command.checkpoint)
-    run_export(command)
-
-
 def run_consolidate(command: ConsolidateCommand) -> None:
-    from lmforge.train.run_checkpoint import consolidate_checkpoint
+    from lmforge.checkpoint.run_state import consolidate_checkpoint
 
     directory = consolidate_checkpoint(command.checkpoint)
     print(f"wrote {directory / 'model.safetensors'}")
@@ -311,18 +264,30 @@ def run_prepare(command: PrepareCommand) -> None:
     )
 
 
-def run_sample(command: SampleCommand) -> None:
-    from lmforge.sample import sample
+def decode_options(command: SampleCommand | ChatCommand) -> DecodeOptions:
+    """The decode settings of a sample or chat command, as the plain options they take."""
+    from lmforge.inference.options import DecodeOptions
 
-    refuse_adapters(command.checkpoint)
-    sample(command)
+    names = [f.name for f in dataclasses.fields(DecodeOptions)]
+    return DecodeOptions(**{name: getattr(command, name) for name in names})
+
+
+def run_sample(command: SampleCommand) -> None:
+    from lmforge.inference.sample import sample
+
+    sample(
+        command.checkpoint, command.prompt, decode_options(command), chat=command.chat,
+        template=command.template, stop_at_end_of_text=command.stop_at_end_of_text,
+    )  # fmt: skip
 
 
 def run_chat(command: ChatCommand) -> None:
-    from lmforge.chat import chat
+    from lmforge.inference.chat import chat
 
-    refuse_adapters(command.checkpoint)
-    chat(command)
+    chat(
+        command.checkpoint, decode_options(command), system=command.system,
+        template=command.template,
+    )  # fmt: skip
 
 
 def run_serve(command: ServeCommand) -> None:
@@ -333,52 +298,11 @@ def run_serve(command: ServeCommand) -> None:
             f"lmforge serve needs its extra ({error.name} is missing); "
             "install it with: pip install 'lmforge[serve]'"
         ) from None
-    refuse_adapters(command.checkpoint)
     serve(command)
 
 
 def run_eval(command: EvalCommand) -> None:
-    import json
-
-    task = command.task
-    refuse_adapters(task.checkpoint)
-    if isinstance(task, LmEvalEval):
-        from lmforge.evals.lm_eval_command import run_lm_eval_command
-
-        run_lm_eval_command(task)
-        return
-    if isinstance(task, LossEval):
-        from lmforge.evals.loss import evaluate_checkpoint_loss
-
-        result = evaluate_checkpoint_loss(
-            task.checkpoint, task.data, split=task.split, batches=task.batches,
-            batch_size=task.batch_size, seq_len=task.seq_len, device=task.device, dtype=task.dtype,
-            document_masking=task.document_masking,
-        )  # fmt: skip
-        print(
-            f"{result['split']} loss {result['loss']:.4f} (perplexity {result['perplexity']:.2f}) "
-            f"over {result['tokens']:,} tokens ({result['batches']} x {result['batch_size']} x "
-            f"{result['seq_len']}, {result['dtype']})"
-        )
-        return
-
-    from lmforge.evals.hellaswag import evaluate_hellaswag, load_hellaswag
-    from lmforge.runtime import pick_device
-    from lmforge.train.checkpoint import load_model
-
-    examples = load_hellaswag(task.data, task.limit)  # data errors before loading the model
-    device = pick_device(task.device)
-    model, tokenizer, directory = load_model(task.checkpoint, device)
-    result = evaluate_hellaswag(model, tokenizer, examples, task.batch_size, device, task.dtype)
-    print(
-        f"hellaswag {directory}: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} "
-        f"on {result['n']} examples ({result['examples_per_s']:.1f} examples/s, {result['dtype']})"
-    )
-    if task.out:
-        result = {"checkpoint": str(directory), "data": task.data} | result
-        with open(task.out, "w") as handle:
-            json.dump(result, handle, indent=1)
-        print(f"wrote {task.out}")
+    run_eval_task(command.task)
 
 
 def run_plot(command: PlotCommand) -> None:
@@ -388,36 +312,9 @@ def run_plot(command: PlotCommand) -> None:
 
 
 def run_presets(command: PresetsCommand) -> None:
-    from lmforge.models.counting import build_on_meta, count_parameters, flops_per_token
-    from lmforge.models.presets import PRESETS, model_preset
-    from lmforge.parallel.memory import model_state_bytes
+    from lmforge.models.presets_table import print_presets_table
 
-    gpus = command.gpus
-    print(f"{'':<43}GiB per GPU at {gpus} GPUs")
-    print(
-        f"{'preset':<14} {'parameters':>14} {'GFLOPs/token':>13}  {'ddp':>7} {'zero1':>7} {'fsdp':>7}"
-    )
-    for name in PRESETS:
-        config = model_preset(name)
-        if config.vocab_size is None:
-            config = dataclasses.replace(config, vocab_size=4096)
-            name += " *"
-        model = build_on_meta(config)
-        seq_len = min(command.seq_len, config.context_length)
-        parameters = count_parameters(model)
-        memory = [
-            model_state_bytes(parameters, strategy, gpus) / 2**30
-            for strategy in ("ddp", "zero1", "fsdp")
-        ]
-        print(
-            f"{name:<14} {parameters:>14,} {flops_per_token(model, seq_len) / 1e9:>13.3f}  "
-            f"{memory[0]:>7.2f} {memory[1]:>7.2f} {memory[2]:>7.2f}"
-        )
-    print(
-        f"* vocab follows the tokenizer; counted here with 4096. GFLOPs/token: training at "
-        f"seq_len {command.seq_len}. GiB: fp32 weights, gradients and AdamW moments; "
-        "activations come on top."
-    )
+    print_presets_table(command.seq_len, command.gpus)
 
 
 COMMANDS: dict[str, tuple[type, Callable]] = {
@@ -432,7 +329,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
     "convert": (ConvertCommand, run_convert),
-    "export": (ExportCommand, run_export_full),
+    "export": (ExportCommand, run_export),
     "consolidate": (ConsolidateCommand, run_consolidate),
 }
 
@@ -461,8 +358,8 @@ def parse(command_type: type, args: list[str], prog: str):
     default = None
     run_field = {f.name: f for f in dataclasses.fields(command_type)}.get("run")
     if run_field is not None:
-        run_type = FinetuneRunConfig if "FinetuneRunConfig" in str(run_field.type) else RunConfig
-        default = command_type(run=_config_defaults(args, run_type))
+        # the run config's class is the field's default factory (RunConfig or FinetuneRunConfig)
+        default = command_type(run=_config_defaults(args, run_field.default_factory))
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):

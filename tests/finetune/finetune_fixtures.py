@@ -22,7 +22,7 @@ from gguf_fixtures import (  # noqa: E402
     tiny_tokenizer,
 )
 
-from lmforge.train.checkpoint import save_checkpoint  # noqa: E402
+from lmforge.checkpoint.directory import save_checkpoint  # noqa: E402
 
 WORDS = [
     "red",

@@ -14,11 +14,11 @@ import safetensors.torch
 import torch
 from finetune_fixtures import alpaca_file, finetune_toml, preference_file, tiny_base  # noqa: F401
 
+from lmforge.checkpoint.adapters import ADAPTER_FILE
+from lmforge.checkpoint.directory import MODEL_FILE, load_model
 from lmforge.cli import main
 from lmforge.config import FinetuneRunConfig, load_run_config
-from lmforge.finetune.adapters import ADAPTER_FILE
 from lmforge.finetune.run import finetune
-from lmforge.train.checkpoint import MODEL_FILE, load_model
 
 
 def records(run_dir: Path) -> list[dict]:

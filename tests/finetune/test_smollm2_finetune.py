@@ -7,10 +7,10 @@ import dataclasses
 
 from finetune_fixtures import smollm2_gguf  # noqa: F401
 
+from lmforge.checkpoint.adapters import ADAPTER_FILE
 from lmforge.config import FinetuneConfig, FinetuneRunConfig, LoraConfig, config_from_dict
 from lmforge.data.chat_records import load_conversations
 from lmforge.data.sft import IGNORE, tokenize_conversation
-from lmforge.finetune.adapters import ADAPTER_FILE
 from lmforge.finetune.run import finetune
 
 

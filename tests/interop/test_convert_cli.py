@@ -9,8 +9,8 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from interop_fixtures import save_hf_dir
 
+from lmforge.checkpoint.detect import detect_format
 from lmforge.cli import main
-from lmforge.interop.commands import detect_format
 
 pytest.importorskip("transformers")
 
@@ -157,7 +157,7 @@ def test_gguf_round_trip_through_cli(dtype, imported, tmp_path, capsys):
     """export --format gguf, then convert (auto-detected) gives back the model's logits."""
     import torch
 
-    from lmforge.train.checkpoint import load_model
+    from lmforge.checkpoint.directory import load_model
 
     gguf = tmp_path / "model.gguf"
     args = ["export", str(imported), "--format", "gguf", "--out", str(gguf), "--dtype", dtype]

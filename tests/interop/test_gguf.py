@@ -20,9 +20,10 @@ from gguf_fixtures import (
     tiny_tokenizer,
 )
 
+from lmforge.checkpoint.directory import load_model, save_checkpoint
 from lmforge.cli import main
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.interop.gguf import (
     _layout,
     gguf_quantization_plan,
@@ -38,7 +39,6 @@ from lmforge.models.quantize import Int4Linear, quantize_weights
 from lmforge.runtime import bf16_is_fast
 from lmforge.tokenizer import ByteTokenizer
 from lmforge.tokenizer.chat import encode_chat
-from lmforge.train.checkpoint import load_model, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from gguf_fixtures import random_model, tiny_llama, tiny_tokenizer
 
+from lmforge.checkpoint.directory import save_checkpoint
 from lmforge.interop.gguf import model_from_state, read_gguf
 from lmforge.interop.gguf_export import export_gguf
 from lmforge.interop.hf import hf_config_from_model_config, state_dict_to_hf
 from lmforge.models.config import ModelConfig
-from lmforge.train.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate", reason="transformers needs accelerate to load GGUF files")

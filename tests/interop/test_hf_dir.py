@@ -20,10 +20,10 @@ from interop_fixtures import (
     trained_tokenizer,
 )
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.cli import main
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.tokenizer import ByteTokenizer, CharTokenizer
-from lmforge.train.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers")
 

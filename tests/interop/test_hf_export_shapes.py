@@ -127,8 +127,8 @@ def test_cli_exports_dim96_heads5_as_mistral_and_refuses_gpt2_head_dim(tmp_path,
     with torch.no_grad():
         assert (hf(tokens).logits - model(tokens)).abs().max() <= 1e-4 * model(tokens).abs().max()
 
+    from lmforge.checkpoint.directory import save_checkpoint
     from lmforge.tokenizer import ByteTokenizer
-    from lmforge.train.checkpoint import save_checkpoint
 
     gpt2 = ModelConfig(vocab_size=257, dim=48, num_layers=1, num_heads=3, head_dim=8, mlp="gelu",
                        norm="layernorm", position="learned", bias=True)  # fmt: skip

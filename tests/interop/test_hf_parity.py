@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.interop.hf import (
     hf_config_from_model_config,
     model_config_from_hf,

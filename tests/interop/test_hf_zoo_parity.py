@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.interop.hf import (
     hf_config_from_model_config,
     model_config_from_hf,

@@ -11,10 +11,10 @@ import pytest
 import torch
 from interop_fixtures import hf_greedy, randomize, shared_data  # noqa: F401
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.cli import main
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.interop.meta import ffn_hidden_dim, to_rotate_half
-from lmforge.train.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers")
 

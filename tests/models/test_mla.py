@@ -10,7 +10,7 @@ from conftest import build, tiny_model
 from zoo_fixtures import assert_causal, cached_logits
 
 from lmforge.errors import ConfigError
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.models.kv_cache import KVCache, kv_cache_bytes_per_token
 
 V = 97

@@ -7,7 +7,7 @@ import torch
 from conftest import build, tiny_model
 from zoo_fixtures import assert_causal, cached_logits
 
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.models.positions import alibi_slopes, rope_attention_factor, rope_inverse_frequencies
 
 V = 97

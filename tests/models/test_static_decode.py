@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import build, tiny_model
 
-from lmforge.generate import SamplingConfig, generate
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.static_kv_cache import StaticKVCache, static_cache_supported
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import build, tiny_model, tiny_run
 
+from lmforge.models.memory import model_state_bytes
 from lmforge.parallel.activation_checkpointing import apply_activation_checkpointing
-from lmforge.parallel.memory import model_state_bytes
 from lmforge.train.loop import train
 
 

@@ -21,11 +21,11 @@ import pytest
 import torch
 from conftest import make_text
 
-from lmforge.generate import SamplingConfig, generate
+from lmforge.checkpoint.directory import load_model, save_checkpoint
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import HuggingFaceTokenizer
-from lmforge.train.checkpoint import load_model, save_checkpoint
 
 API_KEY = "test-key-123"
 CHATML = (

@@ -23,7 +23,7 @@ from serve_fixtures import (
 )
 
 from lmforge.cli import main
-from lmforge.sample import encode_prompt
+from lmforge.inference.sample import encode_prompt
 from lmforge.tokenizer.chat import encode_chat
 
 MODEL = "tiny-chat"

@@ -16,9 +16,9 @@ import re
 import signal
 import sys
 
+from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint import run_state
 from lmforge.cli import main
-from lmforge.train import checkpoint as ckpt
-from lmforge.train import run_checkpoint
 
 
 def plant(module, name: str, step: int, after: bool) -> None:
@@ -38,8 +38,8 @@ def plant(module, name: str, step: int, after: bool) -> None:
 
 
 POINTS = {
-    "staged": (run_checkpoint, "save_sharded_state", False),
-    "sharded-written": (run_checkpoint, "save_sharded_state", True),
+    "staged": (run_state, "save_sharded_state", False),
+    "sharded-written": (run_state, "save_sharded_state", True),
     "files-written": (ckpt, "write_checkpoint_files", True),
     "manifest-written": (ckpt, "write_manifest", True),
     "renamed": (ckpt, "point_link", False),

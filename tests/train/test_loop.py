@@ -11,12 +11,12 @@ import safetensors.torch
 import torch
 from conftest import tiny_run
 
+from lmforge.checkpoint import directory as ckpt
 from lmforge.config import load_run_config
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.parallel.safe_reader import SafeReader
 from lmforge.parallel.sharded_state import SHARDED_DIR
 from lmforge.tokenizer import ByteTokenizer
-from lmforge.train import checkpoint as ckpt
 from lmforge.train import setup
 from lmforge.train.loop import accumulation_steps, resolve_vocab, train
 from lmforge.train.metrics import read_metrics

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.data.loader import BatchLoader
 from lmforge.data.prepare import read_index
 from lmforge.errors import DataError
 from lmforge.runtime import autocast_context, choose_precision, pick_device
-from lmforge.train.checkpoint import load_model
 
 
 def batch_loss(model: nn.Module, batch: tuple[torch.Tensor, ...], autocast) -> torch.Tensor:

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge.checkpoint.adapters import adapter_writer
+from lmforge.checkpoint.pretrained import load_state
 from lmforge.config import FinetuneConfig, FinetuneRunConfig, RunConfig
 from lmforge.data.example_loader import ExampleLoader
-from lmforge.finetune.adapters import adapter_writer
 from lmforge.finetune.lora import apply_lora, trainable_parameters
-from lmforge.finetune.pretrained import load_state
 from lmforge.models.config import ModelConfig
 from lmforge.parallel.dist import DistInfo, sum_over_ranks
 from lmforge.tokenizer import Tokenizer

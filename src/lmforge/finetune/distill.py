@@ -13,11 +13,11 @@ import dataclasses
 import torch
 from torch import nn
 
+from lmforge.checkpoint.pretrained import load_state
 from lmforge.config import FinetuneRunConfig
 from lmforge.errors import ConfigError
 from lmforge.finetune.base import Pretrained
 from lmforge.finetune.losses import distill_loss, token_kl
-from lmforge.finetune.pretrained import load_state
 from lmforge.finetune.sft import SFTObjective, forward_logits
 from lmforge.interop.gguf import model_from_state
 from lmforge.models.config import ModelConfig

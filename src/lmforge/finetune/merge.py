@@ -5,20 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.errors import CheckpointError
-from lmforge.finetune.adapters import (
+from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint.adapters import (
     ADAPTER_CONFIG,
-    is_adapter_checkpoint,
     load_adapter_weights,
     read_adapter_config,
 )
+from lmforge.checkpoint.pretrained import load_pretrained, load_state
+from lmforge.errors import CheckpointError
 from lmforge.finetune.lora import apply_lora, merge_lora
-from lmforge.finetune.pretrained import load_pretrained, load_state
 from lmforge.interop.hf_dir import check_out_dir
 from lmforge.json_files import read_json_object
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import load_tokenizer
-from lmforge.train import checkpoint as ckpt
 
 
 def merge_checkpoint(path: str | Path, out: str | Path, base: str | None = None) -> Path:
@@ -50,7 +49,7 @@ def merge_checkpoint(path: str | Path, out: str | Path, base: str | None = None)
 
 def _find_adapter_checkpoint(path: Path) -> Path:
     for candidate in (path, path / "checkpoints" / "last", path / "last"):
-        if is_adapter_checkpoint(candidate):
+        if ckpt.is_adapter_checkpoint(candidate):
             return candidate.resolve()
     raise CheckpointError(
         f"{path} holds no LoRA adapter checkpoint ({ADAPTER_CONFIG}); point at a LoRA run "

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from lmforge.checkpoint.pretrained import load_pretrained
 from lmforge.config import FinetuneRunConfig
 from lmforge.config_checks import check_device, check_ranges
 from lmforge.errors import ConfigError
-from lmforge.finetune.pretrained import load_pretrained
 from lmforge.train.loop import TrainResult, train
 from lmforge.train.objective import Objective
 

@@ -9,7 +9,8 @@ from typing import Literal
 
 import tyro
 
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.checkpoint.detect import detect_format
+from lmforge.errors import ConfigError
 from lmforge.json_files import read_json_object
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
@@ -41,29 +42,11 @@ class ExportCommand:
     (norms, biases and routers stay f32; see docs/export.md)."""
 
 
-def detect_format(source: Path) -> str:
-    """hf, meta or gguf, from what the path holds."""
-    if not source.exists():
-        raise CheckpointError(f"{source} does not exist; give an HF dir, Meta dir or .gguf file")
-    if source.is_file():
-        with open(source, "rb") as handle:
-            if source.suffix == ".gguf" or handle.read(4) == b"GGUF":
-                return "gguf"
-    elif (source / "params.json").is_file() and any(source.glob("consolidated.*.pth")):
-        return "meta"
-    elif (source / "config.json").is_file():
-        return "hf"
-    raise ConfigError(
-        f"cannot tell what {source} is: expected a .gguf file, a Meta dir (params.json + "
-        "consolidated.*.pth) or an HF dir (config.json); or pass --format"
-    )
-
-
 def describe(checkpoint: Path) -> str:
     """'llama (LlamaForCausalLM), 1,234 parameters, vocab 32000 (huggingface tokenizer)'."""
+    from lmforge.checkpoint.directory import INFO_FILE, read_model_config
     from lmforge.models.counting import build_on_meta, count_parameters
     from lmforge.tokenizer import load_tokenizer
-    from lmforge.train.checkpoint import INFO_FILE, read_model_config
 
     config = read_model_config(checkpoint)
     info_path = checkpoint / INFO_FILE

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lmforge.checkpoint.directory import save_checkpoint
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf
 from lmforge.interop.hf import _check_shapes
@@ -312,8 +313,6 @@ def load_gguf(path: str | Path) -> tuple[Transformer, Tokenizer]:
 
 def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     """Convert a GGUF file into an lmforge checkpoint directory (nothing is written on error)."""
-    from lmforge.train.checkpoint import save_checkpoint
-
     model, tokenizer = load_gguf(path)
     arch = "gpt2" if model.config.position == "learned" else "llama"
     info = {"step": 0, "source": str(path), "format": "gguf", "architecture": arch}

@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
 from lmforge.interop.gguf import _layout, _permute, split_dim
 from lmforge.interop.gguf_tokenizer import tokenizer_metadata
@@ -137,8 +138,6 @@ def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, qtype: An
 
 def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = "f16") -> Path:
     """Write a checkpoint as a llama.cpp GGUF file; written under a temporary name, then renamed."""
-    from lmforge.train.checkpoint import load_model
-
     if dtype not in EXPORT_DTYPES:
         raise ConfigError(
             f"GGUF dtype '{dtype}' is not supported; use one of {', '.join(EXPORT_DTYPES)}"

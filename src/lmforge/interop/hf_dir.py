@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from lmforge.checkpoint.directory import load_model, save_checkpoint
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.interop.hf import (
     hf_config_from_model_config,
@@ -30,7 +31,6 @@ from lmforge.interop.hf_tokenizer import load_hf_dir_tokenizer, read_json, write
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.checkpoint import load_model, save_checkpoint
 
 HF_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Weight files in the order transformers prefers them.

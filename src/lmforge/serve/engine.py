@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.generate import CACHE_ROUNDING, _left_pad, filter_logits
+from lmforge.inference.generate import CACHE_ROUNDING, _left_pad, filter_logits
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.static_kv_cache import StaticKVCache, static_cache_supported
 from lmforge.models.transformer import Transformer

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import uvicorn
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
-from lmforge.inference import prepare_for_decoding
+from lmforge.inference.decoding import prepare_for_decoding
 from lmforge.runtime import pick_device
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.gate import ServerState
 from lmforge.serve.options import ServeCommand
-from lmforge.train.checkpoint import load_model
 
 API_KEY_ENV = "LMFORGE_API_KEY"
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmforge.checkpoint.run_state import save_run_checkpoint
 from lmforge.config import TrainConfig, to_dict
 from lmforge.parallel.dist import mean_over_ranks
 from lmforge.runtime import peak_memory_bytes, synchronize
 from lmforge.train.hellaswag import run_hellaswag
-from lmforge.train.run_checkpoint import save_run_checkpoint
 from lmforge.train.setup import Counters, TrainSetup
 from lmforge.train.signals import StopSignals
 from lmforge.train.step import StepResult

@@ -16,6 +16,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint.run_state import (
+    check_resumable,
+    latest_intact_checkpoint,
+    restore_sharded,
+    step_checkpoints,
+    weights_before_parallelize,
+)
 from lmforge.config import RunConfig, TrainConfig, dump_toml
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.counting import count_parameters, flops_per_token
@@ -30,7 +38,6 @@ from lmforge.runtime import (
     measure_peak_flops,
 )
 from lmforge.tokenizer import Tokenizer
-from lmforge.train import checkpoint as ckpt
 from lmforge.train.balancing import BalancingHook, balancing_hook
 from lmforge.train.early_stopping import EarlyStopping
 from lmforge.train.health import LossHealth
@@ -38,13 +45,6 @@ from lmforge.train.hellaswag import load_before_training
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.objective import Loader, Objective
 from lmforge.train.optim import build_optimizer
-from lmforge.train.run_checkpoint import (
-    check_resumable,
-    latest_intact_checkpoint,
-    restore_sharded,
-    step_checkpoints,
-    weights_before_parallelize,
-)
 
 
 @dataclass

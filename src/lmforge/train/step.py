@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
+from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint.run_state import reload_weights, rollback_checkpoint
 from lmforge.errors import TrainingError
 from lmforge.parallel.dist import decided_by_main, sum_over_ranks
 from lmforge.parallel.parallelize import clip_gradients
-from lmforge.train import checkpoint as ckpt
 from lmforge.train.health import (
     HEALTH_MESSAGES,
     OK,
@@ -20,7 +21,6 @@ from lmforge.train.health import (
     first_nonfinite_gradient,
 )
 from lmforge.train.optim import lr_at, set_lr
-from lmforge.train.run_checkpoint import reload_weights, rollback_checkpoint
 from lmforge.train.setup import Counters, TrainSetup
 from lmforge.train.signals import StopSignals
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
+from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.transformer import Transformer
@@ -33,7 +35,6 @@ from lmforge.parallel.sharded_state import (
     save_sharded_state,
 )
 from lmforge.tokenizer import Tokenizer
-from lmforge.train import checkpoint as ckpt
 from lmforge.train.objective import WeightsWriter
 from lmforge.train.optim import MuonAdamW
 
@@ -111,9 +112,7 @@ def weights_before_parallelize(model: nn.Module, directory: Path, whole_file: bo
     (FSDP), which is loaded after sharding by `restore_sharded`. whole_file: from
     model.safetensors even then (resuming without the sharded state). A LoRA checkpoint holds
     only adapters: they go onto the model, whose base weights are already in place."""
-    from lmforge.finetune.adapters import is_adapter_checkpoint, load_adapter_weights
-
-    if is_adapter_checkpoint(directory):
+    if ckpt.is_adapter_checkpoint(directory):
         load_adapter_weights(model, directory)
     elif whole_file:
         ckpt.load_weights(model, ckpt.find_checkpoint(directory))

@@ -44,6 +44,9 @@ INFO_FILE = "checkpoint.json"
 STATE_FILE = "train_state.pt"
 MANIFEST_FILE = "manifest.json"
 REQUIRED = (CONFIG_FILE, MODEL_FILE, DESCRIPTOR)
+# A LoRA run's checkpoint holds these in place of model.safetensors (checkpoint/adapters.py).
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -286,10 +289,27 @@ def load_weights(model: nn.Module, directory: Path) -> None:
         )
 
 
+def is_adapter_checkpoint(directory: Path) -> bool:
+    return (Path(directory) / ADAPTER_CONFIG).is_file()
+
+
+def refuse_adapter_checkpoint(path: str | Path) -> None:
+    """sample, chat, eval and export need full weights: point LoRA checkpoints at `merge`."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoints" / "last", path / "last"):
+        if is_adapter_checkpoint(candidate):
+            raise CheckpointError(
+                f"{candidate} holds only LoRA adapters; run `lmforge merge {path} --out DIR` "
+                "and use DIR"
+            )
+
+
 def load_model(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[Transformer, Tokenizer, Path]:
-    """The model (eval mode) and tokenizer of a checkpoint, a run dir or a checkpoints dir."""
+    """The model (eval mode) and tokenizer of a checkpoint, a run dir or a checkpoints dir.
+    A LoRA checkpoint (adapters only) is refused with a pointer to `lmforge merge`."""
+    refuse_adapter_checkpoint(path)
     directory = find_checkpoint(path)
     verify_checkpoint(directory, required=False)  # checkpoints from elsewhere may have none
     config = read_model_config(directory)

@@ -9,12 +9,11 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint.detect import detect_format
 from lmforge.errors import CheckpointError
-from lmforge.finetune.adapters import refuse_adapter_checkpoint
-from lmforge.interop.commands import detect_format
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import Tokenizer, load_tokenizer
-from lmforge.train import checkpoint as ckpt
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -28,7 +27,7 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
     """(model config, fp32 state dict, tokenizer) of a checkpoint, GGUF file or HF dir."""
     path = Path(path).expanduser()
     if _is_checkpoint(path):
-        refuse_adapter_checkpoint(path)
+        ckpt.refuse_adapter_checkpoint(path)
         directory = ckpt.find_checkpoint(path)
         ckpt.verify_checkpoint(directory, required=False)
         try:

@@ -12,9 +12,9 @@ import safetensors.torch
 import torch
 from conftest import build, tiny_model
 
+from lmforge.checkpoint import directory as ckpt
 from lmforge.errors import CheckpointError
 from lmforge.tokenizer import ByteTokenizer
-from lmforge.train import checkpoint as ckpt
 
 V = 257
 

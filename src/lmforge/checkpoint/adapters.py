@@ -19,18 +19,12 @@ import torch
 from torch import nn
 
 from lmforge._validate import from_dict
+from lmforge.checkpoint.directory import ADAPTER_CONFIG, ADAPTER_FILE
 from lmforge.config import LoraConfig
 from lmforge.errors import CheckpointError
 from lmforge.finetune.lora import adapter_state
 from lmforge.json_files import read_json_object
 from lmforge.train.objective import WeightsWriter
-
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_adapter_checkpoint(directory: Path) -> bool:
-    return (Path(directory) / ADAPTER_CONFIG).is_file()
 
 
 def adapter_writer(config: LoraConfig, base: str | None) -> WeightsWriter:
@@ -70,14 +64,3 @@ def load_adapter_weights(model: nn.Module, directory: Path) -> None:
     state = dict(model.named_parameters())
     for key, value in saved.items():
         state[key].copy_(value)
-
-
-def refuse_adapter_checkpoint(path: str | Path) -> None:
-    """sample, chat, eval and export need full weights: point LoRA checkpoints at `merge`."""
-    path = Path(path)
-    for candidate in (path, path / "checkpoints" / "last", path / "last"):
-        if is_adapter_checkpoint(candidate):
-            raise CheckpointError(
-                f"{candidate} holds only LoRA adapters; run `lmforge merge {path} --out DIR` "
-                "and use DIR"
-            )

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
+from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
-from lmforge.generate import SamplingConfig, generate
-from lmforge.inference import prepare_for_decoding, should_compile
+from lmforge.inference.decoding import prepare_for_decoding, should_compile
+from lmforge.inference.generate import generate
+from lmforge.inference.options import DecodeOptions
+from lmforge.inference.sample import StreamPrinter
 from lmforge.runtime import pick_device
-from lmforge.sample import StreamPrinter
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
-from lmforge.train.checkpoint import load_model
-
-if TYPE_CHECKING:
-    from lmforge.cli import ChatCommand
 
 HELP = "commands: /reset starts over, /exit (or Ctrl-D) quits"
 
@@ -42,37 +40,34 @@ def fit_conversation(
 
 
 def chat(
-    command: ChatCommand,
+    checkpoint: str,
+    options: DecodeOptions,
+    *,
+    system: str | None = None,
+    template: str | None = None,
     read: Callable[[str], str] = input,
     out: TextIO | None = None,
 ) -> list[dict]:
     """Run the conversation until /exit or end of input; returns the messages."""
     out = out or sys.stdout
     check_sampling_options(
-        command.max_new_tokens, command.temperature, command.top_k, command.top_p
+        options.max_new_tokens, options.temperature, options.top_k, options.top_p
     )
-    device = pick_device(command.device)
-    model, tokenizer, directory = load_model(command.checkpoint, device)
-    model, weights = prepare_for_decoding(model, directory, command.dtype, command.quantize)
-    encode_chat(tokenizer, [{"role": "user", "content": "hi"}], command.template)  # fail early
+    device = pick_device(options.device)
+    model, tokenizer, directory = load_model(checkpoint, device)
+    model, weights = prepare_for_decoding(model, directory, options.dtype, options.quantize)
+    encode_chat(tokenizer, [{"role": "user", "content": "hi"}], template)  # fail early
     context = model.config.context_length
-    if command.max_new_tokens >= context:
+    if options.max_new_tokens >= context:
         raise ConfigError(
-            f"--max_new_tokens {command.max_new_tokens} leaves no room for the conversation in "
+            f"--max_new_tokens {options.max_new_tokens} leaves no room for the conversation in "
             f"the context of {context} tokens; lower it"
         )
-    system = [{"role": "system", "content": command.system}] if command.system else []
-    messages = list(system)
-    config = SamplingConfig(
-        max_new_tokens=command.max_new_tokens,
-        temperature=command.temperature,
-        top_k=command.top_k,
-        top_p=command.top_p,
-        seed=command.seed,
-        stop_tokens=tokenizer.stop_ids,
-    )
-    compile = should_compile(command.compile, command.max_new_tokens)
-    out.write(f"chatting with {command.checkpoint}, {weights} ({HELP})\n")
+    system_turn = [{"role": "system", "content": system}] if system else []
+    messages = list(system_turn)
+    config = options.sampling_config(tokenizer.stop_ids)
+    compile = should_compile(options.compile, options.max_new_tokens)
+    out.write(f"chatting with {checkpoint}, {weights} ({HELP})\n")
     while True:
         try:
             text = read("you> ").strip()
@@ -82,15 +77,13 @@ def chat(
         if text in ("/exit", "/quit"):
             return messages
         if text == "/reset":
-            messages = list(system)
+            messages = list(system_turn)
             out.write("(conversation cleared)\n")
             continue
         if not text:
             continue
         messages.append({"role": "user", "content": text})
-        ids = fit_conversation(
-            tokenizer, messages, command.template, context - config.max_new_tokens
-        )
+        ids = fit_conversation(tokenizer, messages, template, context - config.max_new_tokens)
         out.write("assistant> ")
         printer = StreamPrinter(tokenizer, out)
         reply_ids = generate(model, [ids], config, on_tokens=printer, compile=compile)[0]

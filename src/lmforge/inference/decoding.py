@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from lmforge.checkpoint.directory import INFO_FILE
 from lmforge.json_files import read_json_object
 from lmforge.models.quantize import Plan, quantize_weights
 from lmforge.models.transformer import Transformer
 from lmforge.runtime import DTYPES, bf16_is_fast
-from lmforge.train.checkpoint import INFO_FILE
 
 COMPILE_FROM_TOKENS = 1024
 """`--compile auto` compiles when a call generates at least this many tokens in all rows."""

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 
 from lmforge.api import encode_prompt, load  # the Python API's loader (docs/python-api.md)
-from lmforge.generate import SamplingConfig
-from lmforge.inference import should_compile
+from lmforge.inference.decoding import should_compile
+from lmforge.inference.options import DecodeOptions
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from lmforge.cli import SampleCommand
 
 
 class StreamPrinter:
@@ -36,31 +33,34 @@ class StreamPrinter:
         self.printed = len(text)
 
 
-def sample(command: SampleCommand) -> list[str]:
+def sample(
+    checkpoint: str,
+    prompts: Sequence[str],
+    options: DecodeOptions,
+    *,
+    chat: bool = False,
+    template: str | None = None,
+    stop_at_end_of_text: bool = True,
+) -> list[str]:
+    """Generate for every prompt in one batch; a single prompt streams to stdout as it decodes.
+    chat: wrap each prompt in the chat template (`template`, default the tokenizer's own)."""
     check_sampling_options(
-        command.max_new_tokens, command.temperature, command.top_k, command.top_p, command.prompt
+        options.max_new_tokens, options.temperature, options.top_k, options.top_p, prompts
     )
-    model = load(command.checkpoint, command.device, command.dtype, command.quantize)
+    model = load(checkpoint, options.device, options.dtype, options.quantize)
     tokenizer = model.tokenizer
-    prompts = [encode_prompt(tokenizer, p, command.chat, command.template) for p in command.prompt]
-    config = SamplingConfig(
-        max_new_tokens=command.max_new_tokens,
-        temperature=command.temperature,
-        top_k=command.top_k,
-        top_p=command.top_p,
-        seed=command.seed,
-        stop_tokens=tokenizer.stop_ids if command.stop_at_end_of_text else (),
-    )
-    streaming = len(prompts) == 1
+    prompt_ids = [encode_prompt(tokenizer, p, chat, template) for p in prompts]
+    config = options.sampling_config(tokenizer.stop_ids if stop_at_end_of_text else ())
+    streaming = len(prompt_ids) == 1
     printer = StreamPrinter(tokenizer) if streaming else None
     if streaming:
-        sys.stdout.write(command.prompt[0])
-    compile = should_compile(command.compile, len(prompts) * command.max_new_tokens)
-    outputs = model.generate_ids(prompts, config, on_tokens=printer, compile=compile)
+        sys.stdout.write(prompts[0])
+    compile = should_compile(options.compile, len(prompt_ids) * options.max_new_tokens)
+    outputs = model.generate_ids(prompt_ids, config, on_tokens=printer, compile=compile)
     texts = [tokenizer.decode(ids) for ids in outputs]
     if streaming:
         sys.stdout.write(texts[0][printer.printed :] + "\n")
     else:
-        for index, (prompt, text) in enumerate(zip(command.prompt, texts, strict=True)):
+        for index, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
             print(f"--- sample {index + 1} ---\n{prompt}{text}")
     return texts
