@@ -222,29 +222,33 @@ def prepare(config: DataConfig, progress: bool = True) -> Path:
         raise
 
 
+def _start(config: DataConfig, staging: Path, state: dict | None, progress: bool):
+    """The tokenizer and the progress state: on resume the ones the finished shards were made
+    with, else a trained or pretrained tokenizer saved into a fresh `staging`."""
+    if state is not None:
+        return load_tokenizer(staging), state
+    # A pretrained tokenizer is loaded before the text, so a bad spec fails fast.
+    pretrained = (
+        None if config.tokenizer in TRAINED else load_pretrained_tokenizer(config.tokenizer)
+    )
+    stream = split_stream(config, ReadStats(), progress)
+    if pretrained is None:
+        tokenizer = train_tokenizer(config, (d for s, d in stream if s == "train"))
+    else:
+        next(stream)  # an empty source fails here, before anything is written
+        tokenizer = pretrained
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer.save(staging)
+    state = {"fingerprint": fingerprint(config), "emitted": 0, "checkpoint": 0}
+    return tokenizer, state | {"splits": {s: [] for s in SPLITS}}
+
+
 def _prepare(
     config: DataConfig, directory: Path, staging: Path, state: dict | None, progress: bool
 ) -> Path:
     stats = ReadStats()
-    if state is not None:  # resume: the tokenizer is the one the finished shards were made with
-        tokenizer = load_tokenizer(staging)
-    else:
-        # A pretrained tokenizer is loaded before the text, so a bad spec fails fast.
-        pretrained = (
-            None if config.tokenizer in TRAINED else load_pretrained_tokenizer(config.tokenizer)
-        )
-        stream = split_stream(config, ReadStats(), progress)
-        if pretrained is None:
-            train_docs = (d for s, d in stream if s == "train")
-            tokenizer = train_tokenizer(config, train_docs)
-        else:
-            next(stream)  # an empty source fails here, before anything is written
-            tokenizer = pretrained
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        tokenizer.save(staging)
-        state = {"fingerprint": fingerprint(config), "emitted": 0, "checkpoint": 0}
-        state["splits"] = {s: [] for s in SPLITS}
+    tokenizer, state = _start(config, staging, state, progress)
     dtype = token_dtype(tokenizer.vocab_size)
     writers = {}
     for split in SPLITS:
@@ -300,6 +304,19 @@ def _prepare(
         if pool is not None:
             pool.terminate()
     splits = {s: writers[s].finish() for s in SPLITS}
+    return _finish(config, directory, staging, tokenizer, counts, splits, stats)
+
+
+def _finish(
+    config: DataConfig,
+    directory: Path,
+    staging: Path,
+    tokenizer,
+    counts: dict,
+    splits: dict,
+    stats: ReadStats,
+) -> Path:
+    """Report replaced bytes, write the index and move the finished shards into place."""
     if stats.replaced_bytes:
         print(
             f"warning: replaced {stats.replaced_bytes} non-UTF-8 bytes with U+FFFD in "
@@ -309,7 +326,7 @@ def _prepare(
         )
     index = {
         "fingerprint": fingerprint(config),
-        "dtype": dtype.name,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
         "vocab_size": tokenizer.vocab_size,
         "eot_id": tokenizer.eot_id,
         "tokenizer": tokenizer.kind,
