@@ -6,16 +6,26 @@ working directory so that relative defaults (data/, runs/) never land in the rep
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from lmforge.config import RunConfig, config_from_dict
+# Inductor's kernel cache is per test session (and its subprocesses): kernels cached by another
+# run on this machine, e.g. one under ATEN_CPU_CAPABILITY=avx2 emulation, crashed a compiled
+# decode test; a fresh CI machine starts empty anyway.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmforge-test-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+
+from lmforge.config import RunConfig, config_from_dict  # noqa: E402
 from lmforge.models.config import ModelConfig
 from lmforge.models.presets import model_preset
 
