@@ -180,8 +180,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--configs",
-        default=",".join(CONFIGS),
-        help="comma-separated subset of the configurations (e.g. leave out transformers bf16 on "
+        default=";".join(CONFIGS),
+        help="semicolon-separated subset of the configurations (e.g. leave out transformers bf16 on "
         "a CPU without native bf16, where it takes minutes per row)",
     )
     parser.add_argument("--append", action="store_true")
@@ -198,7 +198,7 @@ def main() -> None:
     compile_s: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as caches:
         for _ in range(args.repeats):
-            for index, name in enumerate(args.configs.split(",")):
+            for index, name in enumerate(args.configs.split(";")):
                 # One Inductor cache per configuration: the first run compiles from nothing,
                 # later runs find the cache a later `lmforge sample` would find.
                 row = run_in_subprocess(name, args.gguf, f"{caches}/{index}")
