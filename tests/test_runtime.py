@@ -183,3 +183,15 @@ def test_deterministic_math_turns_on_deterministic_kernels(monkeypatch):
         torch.use_deterministic_algorithms(False)
     runtime.configure_math(CPU, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize(("rates", "expected"), [(AMX_LIKE, "int4"), (AVX2_LIKE, "none")])
+def test_quantize_auto_follows_fast_bf16(monkeypatch, tmp_path, rates, expected):
+    """--quantize auto keeps a GGUF's int4 only where the weight-only kernels are fast."""
+    from lmforge.checkpoint.directory import INFO_FILE
+    from lmforge.inference.decoding import quantization_plan
+
+    fake_rates(monkeypatch, rates)
+    (tmp_path / INFO_FILE).write_text('{"quantization": "int4"}')
+    assert quantization_plan(tmp_path, CPU, "auto") == expected
+    assert quantization_plan(tmp_path, CPU, "int8") == "int8"  # an explicit choice stands

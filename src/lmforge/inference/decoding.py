@@ -24,13 +24,17 @@ COMPILE_FROM_TOKENS = 1024
 
 
 def quantization_plan(directory: Path, device: torch.device, quantize: str) -> Plan:
-    """`auto`: on CPU, the precision the weights were published at (an imported GGUF records its
-    tensor types in checkpoint.json, e.g. Q4_1 -> int4); otherwise no quantization."""
+    """`auto`: on a CPU with fast bf16, the precision the weights were published at (an imported
+    GGUF records its tensor types in checkpoint.json, e.g. Q4_1 -> int4); otherwise none. On a
+    CPU without native bf16 the weight-only kernels run on fp32 inputs, and SmolLM2 decoded at
+    8.4 tok/s with them against 31 tok/s in plain fp32 (AVX2 emulation, BENCHMARKS.md), so
+    `auto` decodes the dequantized weights in fp32 there; --quantize int4/int8 still forces it."""
     if quantize != "auto":
         return quantize
-    info_path = Path(directory) / INFO_FILE
-    info = read_json_object(info_path, default={})
-    return info.get("quantization", "none") if device.type == "cpu" else "none"
+    if device.type != "cpu" or not bf16_is_fast(device):
+        return "none"
+    info = read_json_object(Path(directory) / INFO_FILE, default={})
+    return info.get("quantization", "none")
 
 
 def prepare_for_decoding(
