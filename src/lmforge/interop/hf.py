@@ -30,8 +30,7 @@ from lmforge.interop.hf_zoo import (
     zoo_export_type,
     zoo_layer_rows,
 )
-from lmforge.models.config import ModelConfig
-from lmforge.models.layers import layer_configs, layer_shapes
+from lmforge.models.config import ModelConfig, layer_configs, layer_shapes
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
 SUPPORTED = ("gpt2", *LLAMA_LIKE, *ZOO)

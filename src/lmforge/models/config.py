@@ -2,16 +2,21 @@
 
 Flat (no nested optional sections) so that every field is a plain `--model.x` flag and a plain
 TOML key. GPT-2, Llama, Mistral, Mixtral and DeepSeek differ only in the values of these fields;
-see `presets.py`. Heterogeneous stacks override a subset of the fields per layer (`layers`, resolved
-by `models/layers.py` into one flat ModelConfig per layer).
+see `presets.py`. Heterogeneous stacks override a subset of the fields per layer (`layers`, resolved below into
+one flat ModelConfig per layer; the resolution lives here because validation, shapes and to_dict
+all need it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from lmforge._validate import from_dict
 from lmforge.errors import ConfigError
 
 
@@ -96,7 +101,7 @@ class ModelConfig:
     moe_first_dense_layers: int = 0
     """The first this many layers keep a dense FFN when ffn = 'moe' (DeepSeek first_k_dense_replace)."""
     layers: list[dict] | str | None = None
-    """Per-layer overrides: a list of one table per layer, or a .json/.jsonl file path (see models/layers.py)."""
+    """Per-layer overrides: a list of one table per layer, or a .json/.jsonl file path (see LAYER_KEYS below)."""
     bias: bool = False
     """Biases on every linear layer and norm (GPT-2)."""
     qkv_bias: bool = False
@@ -141,8 +146,6 @@ class ModelConfig:
             raise ConfigError(f"model.vocab_size must be positive, got {self.vocab_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        from lmforge.models.layers import layer_configs  # deferred: layers imports this module
-
         layer_configs(self)  # checks every layer's resolved shape (validate_layer)
 
     def validate_layer(self, where: str = "model") -> None:
@@ -212,16 +215,12 @@ class ModelConfig:
         shape |= {"tie_embeddings": self.tie_embeddings}
         if self.position == "learned":
             shape["context_length"] = self.context_length
-        from lmforge.models.layers import layer_shapes
-
         if self.layers or self.attention == "mla" or self.ffn == "moe":
             shape["layer_shapes"] = layer_shapes(self)
         return shape
 
     def to_dict(self) -> dict:
         """Plain dict; a `layers` file path is inlined so a checkpoint's config.json is self-contained."""
-        from lmforge.models.layers import layer_overrides
-
         data = dataclasses.asdict(self)
         if isinstance(self.layers, str):
             data["layers"] = layer_overrides(self)
@@ -231,3 +230,131 @@ class ModelConfig:
 def _divisor_near(width: int, heads: int) -> int:
     divisors = [d for d in range(1, width + 1) if width % d == 0]
     return min(divisors, key=lambda d: abs(d - heads))
+
+
+# Heterogeneous stacks: resolve `ModelConfig.layers` into one flat ModelConfig per layer.
+#
+# `layers` is either an inline list (a TOML array of tables, one per layer) or the path of a .json
+# file (a list) or .jsonl file (one object per line). Each object overrides only the per-layer keys
+# below; `{}` keeps the model-wide values. `attention` also accepts "mha" (num_kv_heads = num_heads)
+# and "mqa" (num_kv_heads = 1) as shorthands for "gqa" with that head count.
+#
+#     [model]
+#     layers = [{attention = "mla"}, {ffn = "moe", num_experts = 4}, {sliding_window = 64}, {}]
+
+LAYER_KEYS = (
+    "attention",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "sliding_window",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "ffn",
+    "ffn_dim",
+    "num_experts",
+    "experts_per_token",
+    "moe_ffn_dim",
+    "num_shared_experts",
+    "moe_scoring",
+    "moe_norm_topk",
+    "moe_routed_scale",
+    "moe_groups",
+    "moe_topk_groups",
+    "moe_bias_balancing",
+)
+
+
+def _read_layer_file(path: str) -> tuple[list, list[str]]:
+    """The objects of a .json / .jsonl file and a 'file line N' label for each."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"model.layers file {path} does not exist; give a .json or .jsonl path")
+    text = file.read_text()
+    if file.suffix == ".jsonl":
+        items, labels = [], []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ConfigError(
+                    f"model.layers: {path} line {number} is not JSON ({error})"
+                ) from None
+            labels.append(f"{path} line {number}")
+        return items, labels
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"model.layers: {path} is not JSON ({error})") from None
+    if not isinstance(items, list):
+        raise ConfigError(f"model.layers: {path} must hold a JSON list with one object per layer")
+    return items, [f"{path} item {i}" for i in range(len(items))]
+
+
+def layer_overrides(config: ModelConfig) -> list[dict] | None:
+    """The per-layer override dicts (checked for keys and count), or None for a uniform stack."""
+    if config.layers is None:
+        return None
+    if isinstance(config.layers, str):
+        items, labels = _read_layer_file(config.layers)
+    elif isinstance(config.layers, list):
+        items, labels = config.layers, [f"entry {i}" for i in range(len(config.layers))]
+    else:
+        raise ConfigError("model.layers must be a list of tables or a .json/.jsonl path")
+    if len(items) != config.num_layers:
+        raise ConfigError(
+            f"model.layers has {len(items)} entries but model.num_layers={config.num_layers}; "
+            "give exactly one object per layer"
+        )
+    for i, (item, label) in enumerate(zip(items, labels, strict=True)):
+        if not isinstance(item, dict):
+            raise ConfigError(f"model.layers[{i}] ({label}) must be an object, got {item!r}")
+        for key in item:
+            if key not in LAYER_KEYS:
+                close = difflib.get_close_matches(key, LAYER_KEYS, n=1)
+                hint = (
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"per-layer keys: {', '.join(LAYER_KEYS)}"
+                )
+                raise ConfigError(f"model.layers[{i}] ({label}): unknown key '{key}'; {hint}")
+    return [dict(item) for item in items]
+
+
+def layer_configs(config: ModelConfig) -> list[ModelConfig]:
+    """One validated flat ModelConfig per layer, overrides applied."""
+    overrides = layer_overrides(config)
+    base = dataclasses.asdict(config) | {"layers": None, "moe_first_dense_layers": 0}
+    resolved = []
+    for i in range(config.num_layers):
+        fields = dict(overrides[i]) if overrides else {}
+        where = f"model.layers[{i}]" if overrides else "model"
+        shorthand = fields.get("attention")
+        if shorthand in ("mha", "mqa"):
+            heads = fields.get("num_heads", config.num_heads)
+            fields |= {"attention": "gqa", "num_kv_heads": heads if shorthand == "mha" else 1}
+        if i < config.moe_first_dense_layers and "ffn" not in fields:
+            fields["ffn"] = "dense"
+        layer = from_dict(ModelConfig, base | fields, where, f"{where}.")
+        layer.validate_layer(where)
+        resolved.append(layer)
+    return resolved
+
+
+def layer_shapes(config: ModelConfig) -> list[dict]:
+    """Per-layer shape-determining fields, for resume compatibility checks."""
+    keys = ("attention", "num_heads", "kv_heads", "attn_head_dim", "ffn", "hidden_dim")
+    mla = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    moe = ("num_experts", "expert_dim", "num_shared_experts", "moe_bias_balancing")
+    shapes = []
+    for layer in layer_configs(config):
+        names = (
+            keys + (mla if layer.attention == "mla" else ()) + (moe if layer.ffn == "moe" else ())
+        )
+        shapes.append({name: getattr(layer, name) for name in names})
+    return shapes

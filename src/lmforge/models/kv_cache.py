@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.models.config import ModelConfig
-from lmforge.models.layers import layer_configs
+from lmforge.models.config import ModelConfig, layer_configs
 from lmforge.models.masks import AttentionMasks
 
 

@@ -1,6 +1,6 @@
 """One configurable decoder-only transformer: GPT-2, Llama 2/3/3.1, Qwen2, Mistral (sliding
 window), Mixtral and DeepSeek-V2/V3 (MLA + MoE), and heterogeneous stacks where each layer has its
-own attention and FFN (models/layers.py).
+own attention and FFN (models/config.py layer_configs).
 
 Shapes in comments: B batch, T new tokens, S attended positions (cache + new), C model width.
 """
@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from lmforge.models.attention import Attention, LatentAttention
-from lmforge.models.config import ModelConfig
+from lmforge.models.config import ModelConfig, layer_configs
 from lmforge.models.ffn import FeedForward
 from lmforge.models.kv_cache import KVCache
-from lmforge.models.layers import layer_configs
 from lmforge.models.masks import AttentionMasks
 from lmforge.models.moe import Experts, MoEFeedForward, Router
 from lmforge.models.positions import rope_tables, sinusoidal_table
