@@ -23,10 +23,10 @@ from lmforge.config import OptimConfig, ParallelConfig
 from lmforge.evals.loss import batch_loss
 from lmforge.models.presets import model_preset
 from lmforge.models.transformer import Transformer
+from lmforge.optim.optimizers import build_optimizer
 from lmforge.parallel.dist import DistInfo, init_distributed, shutdown
 from lmforge.parallel.parallelize import clip_gradients, parallelize
 from lmforge.parallel.sharded_state import full_model_state
-from lmforge.train.optim import build_optimizer
 
 ROWS, SEQ_LEN, STEPS = 8, 32, 3
 

@@ -31,9 +31,9 @@ class Trainer:
         from lmforge.config import OptimConfig, ParallelConfig
         from lmforge.models.presets import model_preset
         from lmforge.models.transformer import Transformer
+        from lmforge.optim.optimizers import build_optimizer
         from lmforge.parallel.parallelize import parallelize
         from lmforge.runtime import autocast_context
-        from lmforge.train.optim import build_optimizer
 
         self.ctx, self.settings, self.device = ctx, settings, info.device
         # The tiny dry-run preset takes its vocabulary from a tokenizer; give it one.

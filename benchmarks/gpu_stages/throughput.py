@@ -106,8 +106,8 @@ def probe(ctx: StageContext, settings: TrainSettings) -> None:
     from lmforge.evals.loss import batch_loss
     from lmforge.models.presets import model_preset
     from lmforge.models.transformer import Transformer
+    from lmforge.optim.optimizers import build_optimizer
     from lmforge.runtime import autocast_context
-    from lmforge.train.optim import build_optimizer
 
     config = model_preset(settings.preset, vocab_size=256)
     device = torch.device(ctx.device)

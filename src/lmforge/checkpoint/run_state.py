@@ -23,6 +23,7 @@ from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.transformer import Transformer
+from lmforge.optim.optimizers import MuonAdamW
 from lmforge.parallel.dist import DistInfo, barrier
 from lmforge.parallel.parallelize import ParallelModel
 from lmforge.parallel.safe_load import one_line
@@ -36,7 +37,6 @@ from lmforge.parallel.sharded_state import (
 )
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objective import WeightsWriter
-from lmforge.train.optim import MuonAdamW
 
 
 def step_checkpoints(checkpoints: Path) -> list[Path]:

@@ -20,10 +20,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmforge.errors import CheckpointError
+from lmforge.optim.optimizers import MuonAdamW, inner_optimizers
 from lmforge.parallel.dist import DistInfo
 from lmforge.parallel.safe_load import safe_dcp_load
 from lmforge.parallel.safe_reader import SafeReader
-from lmforge.train.optim import MuonAdamW, inner_optimizers
 
 SHARDED_DIR = "sharded_state"
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")

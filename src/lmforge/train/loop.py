@@ -20,12 +20,12 @@ from tqdm import tqdm
 from lmforge.config import RunConfig, dump_toml
 from lmforge.config_checks import check_run_config
 from lmforge.errors import ConfigError
+from lmforge.optim.optimizers import check_optimizer_config
 from lmforge.parallel.dist import DistInfo, decided_by_main, init_distributed, shutdown
 from lmforge.parallel.parallelize import check_parallel_config, needs_process_group
 from lmforge.runtime import choose_precision, choose_threads
 from lmforge.train.health import ROLLBACK
 from lmforge.train.objective import Objective, PretrainObjective
-from lmforge.train.optim import check_optimizer_config
 from lmforge.train.periodic import (
     EARLY_REPORT_STEPS,
     ThroughputWindow,

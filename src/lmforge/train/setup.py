@@ -28,6 +28,7 @@ from lmforge.config import RunConfig, TrainConfig, dump_toml
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.models.counting import count_parameters, flops_per_token
 from lmforge.models.transformer import Transformer
+from lmforge.optim.optimizers import build_optimizer
 from lmforge.parallel.dist import DistInfo, decided_by_main, elastic_restart_count
 from lmforge.parallel.parallelize import ParallelModel, parallelize
 from lmforge.runtime import (
@@ -44,7 +45,6 @@ from lmforge.train.health import LossHealth
 from lmforge.train.hellaswag import load_before_training
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.objective import Loader, Objective
-from lmforge.train.optim import build_optimizer
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.run_state import reload_weights, rollback_checkpoint
 from lmforge.errors import TrainingError
+from lmforge.optim.optimizers import lr_at, set_lr
 from lmforge.parallel.dist import decided_by_main, sum_over_ranks
 from lmforge.parallel.parallelize import clip_gradients
 from lmforge.train.health import (
@@ -20,7 +21,6 @@ from lmforge.train.health import (
     STOP,
     first_nonfinite_gradient,
 )
-from lmforge.train.optim import lr_at, set_lr
 from lmforge.train.setup import Counters, TrainSetup
 from lmforge.train.signals import StopSignals
 

@@ -11,8 +11,8 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from lmforge.config import OptimConfig
 from lmforge.errors import ConfigError
+from lmforge.optim.muon import Muon
 from lmforge.runtime import bf16_is_fast
-from lmforge.train.muon import Muon
 
 
 class MuonAdamW:

@@ -10,7 +10,7 @@ from conftest import build, tiny_model
 
 from lmforge.config import OptimConfig
 from lmforge.errors import ConfigError
-from lmforge.train.optim import (
+from lmforge.optim.optimizers import (
     MuonAdamW,
     build_optimizer,
     check_optimizer_config,

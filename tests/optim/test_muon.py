@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.optim._muon import _zeropower_via_newtonschulz
 
-from lmforge.train.muon import Muon, orthogonalize
+from lmforge.optim.muon import Muon, orthogonalize
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
