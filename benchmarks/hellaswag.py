@@ -23,7 +23,7 @@ from quickstart import REPO, machine  # noqa: E402
 from smollm2_decode import DEFAULT  # noqa: E402
 
 from lmforge.evals.hellaswag import evaluate_hellaswag, load_hellaswag  # noqa: E402
-from lmforge.interop.gguf import load_gguf  # noqa: E402
+from lmforge.formats.gguf import load_gguf  # noqa: E402
 
 SHARED = Path(os.environ.get("LMFORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 

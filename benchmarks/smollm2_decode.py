@@ -64,8 +64,8 @@ def load(library: str, weights: str, gguf: Path):
     """(model, generate(rows, new) -> new token lists, logits(ids) -> tensor, tokenizer)."""
     import torch
 
+    from lmforge.formats.gguf import gguf_quantization_plan, load_gguf
     from lmforge.inference.generate import SamplingConfig, generate
-    from lmforge.interop.gguf import gguf_quantization_plan, load_gguf
 
     model, tokenizer = load_gguf(gguf)  # our tokenizer encodes for both (identical ids, tested)
     if library == "transformers":

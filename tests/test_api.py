@@ -16,8 +16,8 @@ from gguf_fixtures import tiny_checkpoint  # noqa: E402
 
 from lmforge import LanguageModel, finetune, load, train  # noqa: E402
 from lmforge.evals.hellaswag import Example, evaluate_hellaswag  # noqa: E402
-from lmforge.evals.loglikelihood import rolling_windows, score_continuations  # noqa: E402
 from lmforge.inference.generate import SamplingConfig, generate  # noqa: E402
+from lmforge.inference.loglikelihood import rolling_windows, score_continuations  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog. def model(tokens): return loss\n"
 

@@ -5,220 +5,40 @@
     model.loglikelihood([("The capital of France is", " Paris")])
     model.loglikelihood_rolling(["A whole document to score."])
 
-The signatures and docstrings here are the contract (docs/python-api.md shows them in use, and
-its examples run in the test suite). `lmforge sample` and the lm-evaluation-harness adapter call
-the same methods.
+The signatures and docstrings are the contract (docs/python-api.md shows them in use, and its
+examples run in the test suite). `load` and `LanguageModel` live in inference/language_model.py,
+where `lmforge sample`, `serve`'s neighbours and the lm-evaluation-harness adapter use them too;
+this module adds `train` and `finetune`, which sit above everything else.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomllib
-import torch
 
-from lmforge.config import FinetuneRunConfig, RunConfig, config_from_dict, resolve_config_path
+from lmforge.config import (
+    FinetuneRunConfig,
+    RunConfig,
+    config_from_dict,
+    resolve_config_path,
+    to_dict,
+)
 from lmforge.errors import ConfigError
-from lmforge.evals.loglikelihood import rolling_windows, score_continuations
-from lmforge.inference.generate import SamplingConfig
-from lmforge.inference.generate import generate as generate_ids
-from lmforge.models.transformer import Transformer
-from lmforge.tokenizer import END_OF_TEXT, Tokenizer
-from lmforge.tokenizer.chat import encode_chat
+from lmforge.finetune.run import finetune as finetune_loop
+from lmforge.inference.language_model import LanguageModel, encode_prompt, load
+from lmforge.train.loop import TrainResult
+from lmforge.train.loop import train as train_loop
 
-if TYPE_CHECKING:
-    from lmforge.train.loop import TrainResult
+__all__ = ["LanguageModel", "encode_prompt", "finetune", "load", "train"]
 
 ConfigSource = str | Path | dict | RunConfig | None
-
-
-@dataclass
-class LanguageModel:
-    """A loaded model and its tokenizer, ready to generate and score text. Make one with `load`."""
-
-    model: Transformer
-    tokenizer: Tokenizer
-    source: Path
-    """The checkpoint directory or file the weights came from."""
-    batch_size: int = 16
-    """Rows per forward pass when scoring (loglikelihood, loglikelihood_rolling)."""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def context_length(self) -> int:
-        return self.model.config.context_length
-
-    def start_ids(self) -> list[int]:
-        """The token a document starts from: BOS where the tokenizer uses one, else end-of-text
-        (lmforge's pretraining and GPT-2 put it between documents)."""
-        use_bos = self.tokenizer.add_bos and self.tokenizer.bos_id is not None
-        return [self.tokenizer.bos_id if use_bos else self.tokenizer.eot_id]
-
-    def encode_prompt(self, text: str) -> list[int]:
-        """Prompt ids as `lmforge sample` builds them (with BOS / end-of-text where due)."""
-
-        return encode_prompt(self.tokenizer, text)
-
-    def generate_ids(
-        self,
-        prompts: list[list[int]],
-        config: SamplingConfig,
-        on_tokens: Callable[[torch.Tensor], None] | None = None,
-        compile: bool = False,
-        stop_check: Callable[[int, list[int]], bool] | None = None,
-    ) -> list[list[int]]:
-        """Token-level generation (all rows in one batch); returns only the new ids per row."""
-        return generate_ids(self.model, prompts, config, on_tokens, compile, stop_check)
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        max_new_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-    ) -> list[str]:
-        """Continue each prompt; returns only the new text of each, in order.
-
-        All prompts decode as one batch. temperature 0 is greedy (the default); otherwise tokens
-        are sampled after top_k / top_p filtering, reproducibly for a given `seed`. A row ends at
-        max_new_tokens, at the tokenizer's end-of-text / end-of-turn tokens, or at the first
-        occurrence of a `stop` string, which is cut off (it is not part of the returned text).
-        """
-        if isinstance(prompts, str):
-            raise TypeError("prompts is a list of strings; wrap a single prompt in a list")
-        if not prompts:
-            return []
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        stops = [s for s in (stop or ()) if s]
-        config = SamplingConfig(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            stop_tokens=tuple(self.tokenizer.stop_ids),
-        )
-
-        def produced_stop(_row: int, ids: list[int]) -> bool:
-            text = self.tokenizer.decode(ids)
-            return any(s in text for s in stops)
-
-        rows = [self.encode_prompt(p) for p in prompts]
-        outputs = self.generate_ids(rows, config, stop_check=produced_stop if stops else None)
-        texts = [self.tokenizer.decode(ids) for ids in outputs]
-        return [_cut_at_stop(text, stops) for text in texts]
-
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """For each (context, continuation): the summed natural-log probability of the
-        continuation's tokens given the context, and whether greedy decoding would produce
-        exactly those tokens.
-
-        Context and continuation are tokenized separately (the continuation carries its own
-        leading space, e.g. " Paris"), with BOS before the context where the tokenizer uses one,
-        as `lmforge eval hellaswag` scores endings. An empty context starts from `start_ids()`.
-        Contexts too long for the model lose tokens on the left.
-        """
-        rows = []
-        for context, continuation in pairs:
-            context_ids = self.tokenizer.encode(context) if context else []
-            if (self.tokenizer.add_bos and self.tokenizer.bos_id is not None) or not context_ids:
-                context_ids = self.start_ids() + context_ids
-            continuation_ids = self.tokenizer.encode(continuation)
-            if not continuation_ids:
-                raise ConfigError(f"continuation {continuation!r} encodes to no tokens")
-            rows.append((context_ids + continuation_ids, len(continuation_ids)))
-        return score_continuations(self.model, rows, self.batch_size)
-
-    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
-        """Summed natural-log probability of every token of each text, predicted from
-        `start_ids()` and the text before it; texts longer than the context are scored in
-        windows that give each token as much preceding text as fits (perplexity evaluation)."""
-        rows, owners = [], []
-        for index, text in enumerate(texts):
-            windows = rolling_windows(
-                self.start_ids() + self.tokenizer.encode(text), self.context_length
-            )
-            rows += windows
-            owners += [index] * len(windows)
-        totals = [0.0] * len(texts)
-        for owner, (logprob, _) in zip(
-            owners, score_continuations(self.model, rows, self.batch_size), strict=True
-        ):
-            totals[owner] += logprob
-        return totals
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    cuts = [text.find(s) for s in stops if s in text]
-    return text[: min(cuts)] if cuts else text
-
-
-def load(
-    path: str | Path,
-    device: str = "auto",
-    dtype: str = "auto",
-    quantize: str = "none",
-    batch_size: int = 16,
-) -> LanguageModel:
-    """Load a model for generation and scoring.
-
-    path: an lmforge checkpoint directory, a run directory (its last checkpoint), a .gguf file or
-    a Hugging Face model directory. device: auto (CUDA if present), cpu, cuda, cuda:1...
-    dtype: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16. quantize: none (default), int8,
-    int4, or auto (a GGUF's own precision on CPU); quantized weights change scores slightly.
-    """
-    from lmforge.checkpoint.directory import load_model
-    from lmforge.checkpoint.pretrained import load_pretrained
-    from lmforge.inference.decoding import prepare_for_decoding
-    from lmforge.interop.gguf import model_from_state
-    from lmforge.runtime import pick_device
-
-    torch_device = pick_device(device)
-    source = Path(path).expanduser()
-    if not (source.is_file() or _is_hf_dir(source)):  # an lmforge checkpoint or run dir
-        model, tokenizer, source = load_model(source, torch_device)
-    else:
-        config, state, tokenizer = load_pretrained(source)
-        model = model_from_state(config, state).to(torch_device)
-        if quantize == "auto":
-            quantize = _gguf_plan(source) if source.suffix == ".gguf" else "none"
-    model, _ = prepare_for_decoding(model, source, dtype, quantize)
-    return LanguageModel(model.eval(), tokenizer, source, batch_size)
-
-
-def _is_hf_dir(path: Path) -> bool:
-    """A Hugging Face model dir: its config.json names a model_type (lmforge's does not)."""
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return "model_type" in json.loads(config.read_text())
-    except (ValueError, OSError):
-        return False
-
-
-def _gguf_plan(path: Path) -> Any:
-    from lmforge.interop.gguf import gguf_quantization_plan
-
-    return gguf_quantization_plan(path)
 
 
 def _run_config(source: ConfigSource, overrides: dict[str, Any] | None, cls: type) -> RunConfig:
     """A run config from a TOML path or shipped name, a nested dict or a config object, with
     dotted-key overrides on top (the CLI's --section.key flags)."""
-    from lmforge.config import to_dict
-
     name = "overrides"
     if source is None:
         data: dict = {}
@@ -253,8 +73,6 @@ def train(
     config: a TOML path or shipped config name ("quickstart", "tiny"), a nested dict as the TOML
     would hold, or a RunConfig. overrides: dotted keys on top, e.g. {"train.max_steps": 100}.
     """
-    from lmforge.train.loop import train as train_loop
-
     return train_loop(_run_config(config, overrides, RunConfig), resume=resume, init_from=init_from)
 
 
@@ -269,25 +87,4 @@ def finetune(
     config and overrides as for `train`; the [finetune] table picks the method and starting
     weights, e.g. {"finetune.method": "sft", "finetune.init_from": "runs/base"}.
     """
-    from lmforge.finetune.run import finetune as finetune_loop
-
     return finetune_loop(_run_config(config, overrides, FinetuneRunConfig), resume=resume)
-
-
-def encode_prompt(
-    tokenizer: Tokenizer, prompt: str, chat: bool = False, template=None
-) -> list[int]:
-    """Prompt ids with the model's start marker.
-
-    BOS where the tokenizer asks for one (Llama); else <|endoftext|> where that is the
-    tokenizer's end-of-text (lmforge's pretraining and GPT-2 put it before every document); with
-    `chat`, the prompt becomes a user message in the chat template.
-    """
-    if chat:
-        return encode_chat(tokenizer, [{"role": "user", "content": prompt}], template)
-    ids = tokenizer.encode(prompt)
-    if tokenizer.add_bos and tokenizer.bos_id is not None:
-        return [tokenizer.bos_id, *ids]
-    if not ids or tokenizer.decode([tokenizer.eot_id], skip_special=False) == END_OF_TEXT:
-        return [tokenizer.eot_id, *ids]
-    return ids

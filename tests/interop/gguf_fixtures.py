@@ -104,7 +104,7 @@ def smollm2_gguf() -> Path:
 def smollm2_lmforge(path: Path):
     """(model, tokenizer) of SmolLM2 read by lmforge, once per test session: every module that
     needs it shares one copy (deepcopy it before changing it)."""
-    from lmforge.interop.gguf import load_gguf
+    from lmforge.formats.gguf import load_gguf
 
     return load_gguf(path)
 

@@ -23,17 +23,17 @@ from gguf_fixtures import (
 from lmforge.checkpoint.directory import load_model, save_checkpoint
 from lmforge.cli import main
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.inference.generate import SamplingConfig, generate
-from lmforge.interop.gguf import (
-    _layout,
+from lmforge.formats.gguf import (
+    gguf_layout,
     gguf_quantization_plan,
-    import_gguf,
     load_gguf,
     model_from_state,
     read_gguf,
 )
+from lmforge.formats.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.interop.gguf_export import _TOKENIZER_WRITERS, export_gguf
-from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf, tokenizer_metadata
+from lmforge.interop.gguf_import import import_gguf
 from lmforge.models.config import ModelConfig
 from lmforge.models.quantize import Int4Linear, quantize_weights
 from lmforge.runtime import bf16_is_fast
@@ -154,7 +154,7 @@ def _write_gpt2_gguf(path, model) -> None:
     writer.add_layer_norm_eps(config.norm_eps)
     for key, value in tokenizer_metadata(tiny_tokenizer(), config.vocab_size).items():
         getattr(writer, _TOKENIZER_WRITERS[key])(value)
-    for ours, [(name, _, _)] in _layout(config, "gpt2"):
+    for ours, [(name, _, _)] in gguf_layout(config, "gpt2"):
         writer.add_tensor(name, state[ours].numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -248,7 +248,7 @@ def test_unsupported_architecture_and_tensor_type_are_one_line_errors(tmp_path):
         read_gguf(tmp_path / "falcon.gguf")
     assert "\n" not in str(error.value) and "llama" in str(error.value)
 
-    from lmforge.interop.gguf import _dequantize
+    from lmforge.formats.gguf import _dequantize
 
     _minimal_gguf(tmp_path / "int.gguf", "llama", dtype=np.int32)
     (tensor,) = gguf.GGUFReader(tmp_path / "int.gguf").tensors

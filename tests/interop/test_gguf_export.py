@@ -10,9 +10,10 @@ import torch
 from gguf_fixtures import random_model, tiny_llama, tiny_tokenizer
 
 from lmforge.checkpoint.directory import save_checkpoint
-from lmforge.interop.gguf import model_from_state, read_gguf
+from lmforge.formats.gguf import model_from_state, read_gguf
+from lmforge.formats.hf_config import hf_config_from_model_config
+from lmforge.formats.hf_weights import state_dict_to_hf
 from lmforge.interop.gguf_export import export_gguf
-from lmforge.interop.hf import hf_config_from_model_config, state_dict_to_hf
 from lmforge.models.config import ModelConfig
 
 transformers = pytest.importorskip("transformers")

@@ -145,7 +145,7 @@ def test_export_dtype(dtype, tmp_path, capsys):
 
 @pytest.mark.parametrize("simple", ["byte", "char"])
 def test_byte_and_char_tokenizers_export_as_equivalent_hf_tokenizers(simple, tmp_path):
-    from lmforge.interop.hf_tokenizer import write_hf_tokenizer
+    from lmforge.formats.hf_tokenizer import write_hf_tokenizer
 
     text = TEXT + "é ü 日本\n\t  x"
     tokenizer = ByteTokenizer() if simple == "byte" else CharTokenizer.train([text])
@@ -177,7 +177,7 @@ HARD_TEXT = TEXT + "Hello  world!!  12345 7.5e10\n\n  \t x \r\n naïve café 日
 
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_pretrained_tokenizers_export_as_equivalent_hf_tokenizers(name, shared_data, tmp_path):  # noqa: F811
-    from lmforge.interop.hf_tokenizer import write_hf_tokenizer
+    from lmforge.formats.hf_tokenizer import write_hf_tokenizer
     from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
 
     tokenizer = load_pretrained_tokenizer(str(shared_data / "tokenizers" / PRETRAINED[name]))
@@ -213,7 +213,7 @@ def test_bfloat16_weights_import(tmp_path, capsys):
 
 def test_sentencepiece_only_hf_dir(shared_data, tmp_path):  # noqa: F811
     """Older Llama 2 repos have tokenizer.model but no tokenizer.json."""
-    from lmforge.interop.hf_tokenizer import load_hf_dir_tokenizer
+    from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer
 
     model_file = shared_data / "tokenizers" / "llama2" / "tokenizer.model"
     (tmp_path / "tokenizer.model").write_bytes(model_file.read_bytes())

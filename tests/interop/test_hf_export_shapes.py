@@ -13,7 +13,8 @@ from gguf_fixtures import random_model, tiny_checkpoint
 
 from lmforge.cli import main
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.interop.hf import hf_config_from_model_config, state_dict_to_hf
+from lmforge.formats.hf_config import hf_config_from_model_config
+from lmforge.formats.hf_weights import state_dict_to_hf
 from lmforge.interop.hf_dir import check_with_transformers
 from lmforge.models.config import ModelConfig
 

@@ -1,5 +1,5 @@
 """Hugging Face parity: tiny random transformers models and lmforge give the same logits and the
-same greedy continuations after converting configs and weights with lmforge.interop.hf, both ways.
+same greedy continuations after converting configs and weights with lmforge.formats (hf_config, hf_weights), both ways.
 
 Weights are re-drawn with std 0.2 (HF's 0.02 init makes every logit nearly zero, which would make
 the comparison vacuous) and norms/biases are made non-trivial so a swapped or dropped tensor shows.
@@ -11,13 +11,9 @@ import pytest
 import torch
 
 from lmforge.errors import CheckpointError, ConfigError
+from lmforge.formats.hf_config import hf_config_from_model_config, model_config_from_hf
+from lmforge.formats.hf_weights import state_dict_from_hf, state_dict_to_hf
 from lmforge.inference.generate import SamplingConfig, generate
-from lmforge.interop.hf import (
-    hf_config_from_model_config,
-    model_config_from_hf,
-    state_dict_from_hf,
-    state_dict_to_hf,
-)
 from lmforge.models.presets import model_preset
 from lmforge.models.transformer import Transformer
 

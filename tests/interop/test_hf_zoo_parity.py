@@ -2,7 +2,7 @@
 routing), DeepSeek-V3 (sigmoid router with bias correction, q compression, YaRN, dense first
 layer), Mixtral (top-2 MoE) and Mistral with a window shorter than the sequence.
 
-Tiny random transformers models are converted with lmforge.interop.hf; logits must agree to 1e-4,
+Tiny random transformers models are converted with lmforge.formats (hf_config, hf_weights); logits must agree to 1e-4,
 greedy decoding (our KV cache vs theirs) must agree, and exporting back must reproduce the HF
 state dict (or, for V3, which we export without interleaved RoPE, the same logits).
 """
@@ -12,13 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmforge.formats.hf_config import hf_config_from_model_config, model_config_from_hf
+from lmforge.formats.hf_weights import state_dict_from_hf, state_dict_to_hf
 from lmforge.inference.generate import SamplingConfig, generate
-from lmforge.interop.hf import (
-    hf_config_from_model_config,
-    model_config_from_hf,
-    state_dict_from_hf,
-    state_dict_to_hf,
-)
 from lmforge.models.moe import MoEFeedForward
 from lmforge.models.transformer import Transformer
 

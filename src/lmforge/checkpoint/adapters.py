@@ -19,12 +19,11 @@ import torch
 from torch import nn
 
 from lmforge._validate import from_dict
-from lmforge.checkpoint.directory import ADAPTER_CONFIG, ADAPTER_FILE
+from lmforge.checkpoint.directory import ADAPTER_CONFIG, ADAPTER_FILE, WeightsWriter
 from lmforge.config import LoraConfig
 from lmforge.errors import CheckpointError
-from lmforge.finetune.lora import adapter_state
 from lmforge.json_files import read_json_object
-from lmforge.train.objective import WeightsWriter
+from lmforge.models.lora import adapter_state
 
 
 def adapter_writer(config: LoraConfig, base: str | None) -> WeightsWriter:

@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.detect import detect_format
 from lmforge.errors import CheckpointError
+from lmforge.formats.gguf import read_gguf
+from lmforge.formats.hf_config import model_config_from_hf
+from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json
+from lmforge.formats.hf_weights import read_hf_weights, state_dict_from_hf
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 
@@ -40,14 +44,8 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
         return ckpt.read_model_config(directory), state, load_tokenizer(directory)
     kind = detect_format(path)
     if kind == "gguf":
-        from lmforge.interop.gguf import read_gguf
-
         return read_gguf(path)
     if kind == "hf":
-        from lmforge.interop.hf import model_config_from_hf, state_dict_from_hf
-        from lmforge.interop.hf_dir import read_hf_weights
-        from lmforge.interop.hf_tokenizer import load_hf_dir_tokenizer, read_json
-
         hf_config = read_json(path / "config.json")
         config = model_config_from_hf(hf_config)
         weights = read_hf_weights(path)

@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.adapters import load_adapter_weights
+from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.transformer import Transformer
@@ -36,7 +37,6 @@ from lmforge.parallel.sharded_state import (
     save_sharded_state,
 )
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.objective import WeightsWriter
 
 
 def step_checkpoints(checkpoints: Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """EleutherAI's lm-evaluation-harness on an lmforge model, in-process (`lmforge eval lm-eval`).
 
 `LmforgeLM` is a native lm-eval model (registered as `lmforge`): its three request types go
-straight to the Python API (lmforge.api.LanguageModel), which batches them. The task configs
+straight to the Python API (lmforge.load and its LanguageModel), which batches them. The task configs
 shipped in lm_eval_tasks/ read local files, so HellaSwag and WikiText-2 run offline; any other
 lm-eval task config (for example one with `dataset_path: json` and local `data_files`) can be
 added with --include_path. Needs the `eval` extra: pip install 'lmforge[eval]'.
@@ -16,8 +16,8 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from lmforge.api import LanguageModel, load
 from lmforge.errors import ConfigError
+from lmforge.inference.language_model import LanguageModel, load
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 SHIPPED_TASKS = ("lmforge_hellaswag", "lmforge_wikitext2")

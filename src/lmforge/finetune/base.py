@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from lmforge.checkpoint.adapters import adapter_writer
+from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.checkpoint.pretrained import load_state
 from lmforge.config import FinetuneConfig, FinetuneRunConfig, RunConfig
 from lmforge.data.example_loader import ExampleLoader
-from lmforge.finetune.lora import apply_lora, trainable_parameters
 from lmforge.models.config import ModelConfig
+from lmforge.models.lora import apply_lora, trainable_parameters
 from lmforge.parallel.dist import DistInfo, sum_over_ranks
 from lmforge.tokenizer import Tokenizer
-from lmforge.train.objective import WeightsWriter
 
 Pretrained = tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]
 

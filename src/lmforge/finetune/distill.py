@@ -19,7 +19,7 @@ from lmforge.errors import ConfigError
 from lmforge.finetune.base import Pretrained
 from lmforge.finetune.losses import distill_loss, token_kl
 from lmforge.finetune.sft import SFTObjective, forward_logits
-from lmforge.interop.gguf import model_from_state
+from lmforge.formats.gguf import model_from_state
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objective import Batch, evaluate_batches

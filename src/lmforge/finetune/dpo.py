@@ -27,9 +27,9 @@ from lmforge.data.sft import (
     tokenize_conversation,
 )
 from lmforge.finetune.base import FinetuneObjective, split_held_out
-from lmforge.finetune.lora import adapters_disabled
 from lmforge.finetune.losses import dpo_loss, preference_accuracy, sequence_log_probs
 from lmforge.finetune.sft import forward_logits
+from lmforge.models.lora import adapters_disabled
 from lmforge.parallel.dist import DistInfo
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objective import Batch, evaluate_batches

@@ -11,11 +11,11 @@ from lmforge.checkpoint.adapters import (
     load_adapter_weights,
     read_adapter_config,
 )
+from lmforge.checkpoint.directory import check_out_dir
 from lmforge.checkpoint.pretrained import load_pretrained, load_state
 from lmforge.errors import CheckpointError
-from lmforge.finetune.lora import apply_lora, merge_lora
-from lmforge.interop.hf_dir import check_out_dir
 from lmforge.json_files import read_json_object
+from lmforge.models.lora import apply_lora, merge_lora
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import load_tokenizer
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from lmforge.api import encode_prompt, load  # the Python API's loader (docs/python-api.md)
 from lmforge.inference.decoding import should_compile
+from lmforge.inference.language_model import encode_prompt, load  # what lmforge.load is
 from lmforge.inference.options import DecodeOptions
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "hf_config_from_model_config": "lmforge.interop.hf",
-    "model_config_from_hf": "lmforge.interop.hf",
-    "state_dict_from_hf": "lmforge.interop.hf",
-    "state_dict_to_hf": "lmforge.interop.hf",
+    "hf_config_from_model_config": "lmforge.formats.hf_config",
+    "model_config_from_hf": "lmforge.formats.hf_config",
+    "state_dict_from_hf": "lmforge.formats.hf_weights",
+    "state_dict_to_hf": "lmforge.formats.hf_weights",
     "import_hf": "lmforge.interop.hf_dir",
     "export_hf": "lmforge.interop.hf_dir",
     "import_meta": "lmforge.interop.meta",

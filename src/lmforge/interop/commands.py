@@ -67,7 +67,7 @@ def describe(checkpoint: Path) -> str:
 def run_convert(command: ConvertCommand) -> None:
     source, out = Path(command.source), Path(command.out)
     kind = detect_format(source) if command.format == "auto" else command.format
-    from lmforge.interop.hf_dir import check_out_dir
+    from lmforge.checkpoint.directory import check_out_dir
 
     check_out_dir(out)  # every importer: never delete or mix into an existing directory
     start = time.perf_counter()
@@ -80,7 +80,7 @@ def run_convert(command: ConvertCommand) -> None:
 
         path = import_meta(source, out)
     else:
-        from lmforge.interop.gguf import import_gguf
+        from lmforge.interop.gguf_import import import_gguf
 
         path = import_gguf(source, out)
     seconds = time.perf_counter() - start

@@ -8,7 +8,7 @@ Which tensors keep more precision follows llama.cpp (convert_hf_to_gguf.py and l
   nearest finer type it can;
 - a matrix whose rows do not split into the type's 32-value blocks falls back to f16, as
   convert_hf_to_gguf.py does.
-The tensor layouts are those gguf.py reads (`_layout`), so an export imports back exactly.
+The tensor layouts are those gguf.py reads (`gguf_layout`), so an export imports back exactly.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 
 from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
-from lmforge.interop.gguf import _layout, _permute, split_dim
-from lmforge.interop.gguf_tokenizer import tokenizer_metadata
-from lmforge.interop.hf import _export_type
+from lmforge.formats.gguf import gguf_layout, permute_for_gguf, split_dim
+from lmforge.formats.gguf_tokenizer import tokenizer_metadata
+from lmforge.formats.hf_config import export_type
 from lmforge.models.config import ModelConfig
 from lmforge.models.positions import rope_inverse_frequencies
 
@@ -56,7 +56,7 @@ _TOKENIZER_WRITERS = {
 
 def gguf_architecture(config: ModelConfig) -> str:
     """`llama` (plain or Mixtral-style MoE) or `gpt2`; a ConfigError names what llama.cpp lacks."""
-    model_type = _export_type(config)  # refuses flavours no architecture has
+    model_type = export_type(config)  # refuses flavours no architecture has
     if model_type in ("gpt2", "llama"):
         return model_type
     if model_type == "mixtral":
@@ -160,12 +160,12 @@ def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = 
             plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling="none"))
             divisors = (plain / rope_inverse_frequencies(config)).numpy().astype(np.float32)
             writer.add_tensor("rope_freqs.weight", divisors)
-        for ours, parts in _layout(config, arch):
+        for ours, parts in gguf_layout(config, arch):
             tensor = state[ours].float()
             sizes = [rows for _, rows, _ in parts]
             pieces = tensor.split(sizes, split_dim(ours)) if len(parts) > 1 else [tensor]
             for (name, _, heads), piece in zip(parts, pieces, strict=True):
-                array = (_permute(piece, heads) if heads else piece).contiguous().numpy()
+                array = (permute_for_gguf(piece, heads) if heads else piece).contiguous().numpy()
                 _add_tensor(writer, name, array, tensor_type(name, array, base, output_matrix))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

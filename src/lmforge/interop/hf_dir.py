@@ -12,42 +12,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from torch import Tensor
 
-from lmforge.checkpoint.directory import load_model, save_checkpoint
+from lmforge.checkpoint.directory import check_out_dir, load_model, save_checkpoint
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.interop.hf import (
-    hf_config_from_model_config,
-    model_config_from_hf,
-    state_dict_from_hf,
-    state_dict_to_hf,
-)
-from lmforge.interop.hf_tokenizer import load_hf_dir_tokenizer, read_json, write_hf_tokenizer
+from lmforge.formats.hf_config import hf_config_from_model_config, model_config_from_hf
+from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json, write_hf_tokenizer
+from lmforge.formats.hf_weights import read_hf_weights, state_dict_from_hf, state_dict_to_hf
 from lmforge.models.config import ModelConfig
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
 
 HF_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Weight files in the order transformers prefers them.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an existing non-empty --out: a conversion never deletes or mixes into user files."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(
-            f"--out {out_dir} already exists and is not empty; choose a new path or remove it first"
-        )
 
 
 def write_checkpoint(
@@ -76,46 +56,6 @@ def write_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
         raise
-
-
-def load_weight_file(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"weight file {path} is missing; download it again")
-    try:
-        if path.suffix == ".safetensors":
-            return safetensors.torch.load_file(str(path))
-        # weights_only: a pickle can run code; this only rebuilds tensors. mmap needs the zip format.
-        state = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
-    except Exception as error:  # safetensors, pickle and zip all raise their own types
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"cannot read {path}: {reason}; the file is corrupt or truncated, download it again"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return state
-
-
-def read_hf_weights(directory: Path) -> dict[str, Tensor]:
-    """All tensors of an HF directory: one file or the shards its index lists."""
-    for name in WEIGHT_FILES:
-        path = directory / name
-        if not path.is_file():
-            continue
-        if not name.endswith(".index.json"):
-            return load_weight_file(path)
-        weight_map = read_json(path).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{path} has no weight_map; the index is corrupt")
-        state: dict[str, Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(load_weight_file(directory / shard))
-        return state
-    raise CheckpointError(
-        f"{directory} has no weights ({', '.join(WEIGHT_FILES)}); point at a complete HF model dir"
-    )
 
 
 def import_hf(directory: str | Path, out_dir: str | Path) -> Path:

@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lmforge.checkpoint.directory import check_out_dir
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.interop.hf import state_dict_from_hf
-from lmforge.interop.hf_dir import check_out_dir, load_weight_file, write_checkpoint
-from lmforge.interop.hf_tokenizer import read_json
+from lmforge.formats.hf_tokenizer import read_json
+from lmforge.formats.hf_weights import load_weight_file, state_dict_from_hf
+from lmforge.interop.hf_dir import write_checkpoint
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import Tokenizer
+from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
 
 # Model-parallel split dims (fairscale ColumnParallelLinear: dim 0, RowParallelLinear: dim 1).
 CONCAT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
@@ -172,8 +174,6 @@ def hf_names(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]
 
 def load_meta_tokenizer(path: Path) -> Tokenizer:
     """tokenizer.model: SentencePiece (Llama 2) or tiktoken ranks (Llama 3), told apart by content."""
-    from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
-
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; a Meta directory ships its tokenizer.model")
     try:

@@ -9,12 +9,12 @@ calls exactly these methods; `PretrainObjective` is next-token loss over prepare
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.config import RunConfig
 from lmforge.data.loader import BatchLoader
 from lmforge.data.prepare import prepare
@@ -23,9 +23,6 @@ from lmforge.parallel.dist import DistInfo, main_first, sum_over_ranks
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 
 Batch = tuple[torch.Tensor, ...]
-# Writes a checkpoint's weights (a module, or a full state dict gathered from FSDP shards) into
-# the staging directory, instead of the default full model.safetensors.
-WeightsWriter = Callable[[Path, "nn.Module | dict[str, torch.Tensor]"], None]
 
 
 class Loader(Protocol):

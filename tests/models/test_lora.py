@@ -8,7 +8,8 @@ from conftest import build, tiny_model
 
 from lmforge.config import LoraConfig
 from lmforge.errors import ConfigError
-from lmforge.finetune.lora import (
+from lmforge.models.counting import build_on_meta
+from lmforge.models.lora import (
     LoRALinear,
     adapter_state,
     adapters_disabled,
@@ -17,7 +18,6 @@ from lmforge.finetune.lora import (
     target_modules,
     trainable_parameters,
 )
-from lmforge.models.counting import build_on_meta
 from lmforge.models.presets import model_preset
 
 

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError
-from lmforge.interop.hf_tokenizer_convert import (
+from lmforge.formats.hf_tokenizer_convert import (
     byte_to_unicode,
     sentencepiece_to_hf,
     tiktoken_to_hf,
@@ -24,6 +24,7 @@ from lmforge.interop.hf_tokenizer_convert import (
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.base import END_OF_TEXT
 from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
+from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
 
 EXPORTABLE = "huggingface, byte, char, tiktoken, sentencepiece (BPE)"
 
@@ -100,8 +101,6 @@ def load_hf_dir_tokenizer(directory: Path, hf_config: dict) -> Tokenizer:
     directory = Path(directory)
     if not (directory / "tokenizer.json").is_file() and (directory / "tokenizer.model").is_file():
         # Older Llama 2 / Mistral repos ship only the SentencePiece model (the slow tokenizer).
-        from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
-
         try:
             return load_pretrained_tokenizer(str(directory))
         except (OSError, LmforgeError) as error:

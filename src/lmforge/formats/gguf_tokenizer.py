@@ -18,6 +18,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.tokenizer.base import Tokenizer
 from lmforge.tokenizer.huggingface import HuggingFaceTokenizer
+from lmforge.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
 
 # llama.cpp token types (the same numbers as SentencePiece's piece types).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -116,8 +117,6 @@ def _byte_level_bpe(meta: dict) -> HuggingFaceTokenizer:
 
 def _sentencepiece(meta: dict) -> Tokenizer:
     from sentencepiece import sentencepiece_model_pb2 as sp_model
-
-    from lmforge.tokenizer.sentencepiece_tokenizer import SentencePieceTokenizer
 
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)

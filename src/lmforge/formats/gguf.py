@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lmforge.checkpoint.directory import save_checkpoint
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.interop.gguf_tokenizer import tokenizer_from_gguf
-from lmforge.interop.hf import _check_shapes
+from lmforge.formats.gguf_tokenizer import tokenizer_from_gguf
+from lmforge.formats.hf_weights import check_shapes
 from lmforge.models.config import ModelConfig
 from lmforge.models.positions import rope_inverse_frequencies
 from lmforge.models.transformer import Transformer
@@ -35,7 +34,7 @@ ARCHITECTURES = ("llama", "gpt2")
 DEQUANTIZABLE = ("F32", "F16", *sorted(q.name for q in getattr(gguf.quants, "_type_traits", {})))
 
 
-def _permute(w: Tensor, heads: int) -> Tensor:
+def permute_for_gguf(w: Tensor, heads: int) -> Tensor:
     """HF rotate-half rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf.py's permute)."""
     return (
         w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
@@ -54,7 +53,7 @@ def _unpermute(w: Tensor, heads: int) -> Tensor:
 Part = tuple[str, int, "int | None"]
 
 
-def _layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
+def gguf_layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
     """(our key, its GGUF parts) for every tensor of the model."""
     q, kv = config.num_heads * config.attn_head_dim, config.kv_heads * config.attn_head_dim
     hidden = config.expert_dim if config.ffn == "moe" else config.hidden_dim
@@ -240,7 +239,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
     config = _config(meta, arch, tensors)
     config.validate()
     state = {}
-    for ours, parts in _layout(config, arch):
+    for ours, parts in gguf_layout(config, arch):
         pieces = []
         for name, _, heads in parts:
             if name not in tensors:
@@ -258,7 +257,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
         )
     if config.tie_embeddings:
         state["lm_head.weight"] = state["token_embedding.weight"]
-    _check_shapes(state, config, "GGUF file")
+    check_shapes(state, config, "GGUF file")
     return config, state, tokenizer_from_gguf(meta)
 
 
@@ -279,7 +278,7 @@ def gguf_quantization_plan(path: str | Path) -> dict[str, str]:
     tensors = {t.name: t for t in reader.tensors}
     config = _config(meta, arch, tensors)
     schemes = {}
-    for ours, parts in _layout(config, arch):
+    for ours, parts in gguf_layout(config, arch):
         if (
             not ours.endswith(".weight")
             or "norm" in ours
@@ -309,12 +308,3 @@ def load_gguf(path: str | Path) -> tuple[Transformer, Tokenizer]:
     """The model (fp32, eval mode) and tokenizer of a GGUF file."""
     config, state, tokenizer = read_gguf(path)
     return model_from_state(config, state), tokenizer
-
-
-def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
-    """Convert a GGUF file into an lmforge checkpoint directory (nothing is written on error)."""
-    model, tokenizer = load_gguf(path)
-    arch = "gpt2" if model.config.position == "learned" else "llama"
-    info = {"step": 0, "source": str(path), "format": "gguf", "architecture": arch}
-    info["quantization"] = gguf_quantization_plan(path)
-    return save_checkpoint(Path(out_dir), model, tokenizer, info)

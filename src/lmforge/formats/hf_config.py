@@ -1,41 +1,28 @@
-"""Hugging Face transformers <-> lmforge: configs (plain config.json dicts) and state dicts.
+"""Hugging Face transformers <-> lmforge model configs (plain config.json dicts); the weights'
+mapping is hf_weights.py.
 
-Pure functions over dicts and tensors; nothing here imports transformers, so reading or writing
-an HF checkpoint directory does not need it installed.
+Pure functions over dicts; nothing here imports transformers, so reading or writing an HF
+checkpoint directory does not need it installed.
 
 Import: gpt2, llama (2/3/3.1), mistral (with sliding window), qwen2 (Llama + q/k/v biases), and
 through hf_zoo.py mixtral, deepseek_v2 and deepseek_v3 (MLA + MoE).
 Export: GPT-2 for gelu/layernorm/learned/bias configs, Llama (Qwen2 when qkv_bias, Mistral with a
 sliding window) for swiglu/rmsnorm/rope ones, Mixtral for MoE, DeepSeek-V2/V3 for MLA.
-
-The weight layouts differ only in names and fusion: we fuse q/k/v into one `attn.qkv` (rows
-[q; k; v]) and SwiGLU's gate/up into one `ffn.up` (rows [gate; up]); GPT-2's Conv1D stores
-weights as (in, out), the transpose of nn.Linear. Our RoPE already uses HF's rotate-half layout,
-so Llama q/k weights need no permutation.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from lmforge.errors import CheckpointError, ConfigError
-from lmforge.interop.hf_zoo import (
-    DEEPSEEK,
+from lmforge.errors import ConfigError
+from lmforge.formats.hf_zoo import (
     ZOO,
     config_from_zoo,
-    fuse_legacy_experts,
     hf_config_zoo,
-    permute_rope_rows,
     zoo_export_type,
-    zoo_layer_rows,
 )
 from lmforge.models.config import ModelConfig, layer_configs, layer_shapes
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
 SUPPORTED = ("gpt2", *LLAMA_LIKE, *ZOO)
-# Non-parameter buffers some HF checkpoints carry: GPT-2's causal mask, old Llama's RoPE table.
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
 def model_config_from_hf(hf_config: dict) -> ModelConfig:
@@ -159,7 +146,7 @@ def _config_from_llama(hf: dict, model_type: str) -> ModelConfig:
     return ModelConfig(**common, sliding_window=window if model_type == "mistral" else None)
 
 
-def _export_type(config: ModelConfig) -> str:
+def export_type(config: ModelConfig) -> str:
     """The HF model_type whose architecture is exactly this config's."""
     flavour = (config.mlp, config.norm, config.position, config.bias)
     zoo = zoo_export_type(config)
@@ -201,7 +188,7 @@ def hf_config_from_model_config(config: ModelConfig) -> dict:
     """An HF config.json dict (GPT2LMHeadModel, LlamaForCausalLM or Qwen2ForCausalLM)."""
     if config.vocab_size is None:
         raise ConfigError("model.vocab_size is unset; resolve it from the tokenizer before export")
-    model_type = _export_type(config)
+    model_type = export_type(config)
     common = dict(
         model_type=model_type,
         vocab_size=config.vocab_size,
@@ -273,153 +260,4 @@ def hf_config_from_model_config(config: ModelConfig) -> dict:
             f"these per-layer settings (model.layers) have no {model_type} equivalent; HF export "
             "needs uniform layers (DeepSeek: dense first moe_first_dense_layers, then MoE)"
         )
-    return hf
-
-
-def _layout(config: ModelConfig, family: str) -> list[tuple[str, tuple[str, ...], bool, list]]:
-    """(our key, the HF keys concatenated along dim 0 into it, HF stores it transposed, split sizes)."""
-    rows = []
-    gpt2 = family == "gpt2"
-
-    def add(ours, hf, conv1d=False, sizes=None):
-        rows.append((ours, hf if isinstance(hf, tuple) else (hf,), conv1d, sizes))
-
-    if family == "zoo":
-        add("token_embedding.weight", "model.embed_tokens.weight")
-        for i, layer in enumerate(layer_configs(config)):
-            zoo_layer_rows(layer, i, add)
-        add("final_norm.weight", "model.norm.weight")
-    elif gpt2:
-        add("token_embedding.weight", "transformer.wte.weight")
-        add("position_embedding.weight", "transformer.wpe.weight")
-        for i in range(config.num_layers):
-            ours, hf = f"layers.{i}.", f"transformer.h.{i}."
-            for p in ("weight", "bias"):
-                add(f"{ours}attn_norm.{p}", f"{hf}ln_1.{p}")
-                add(f"{ours}attn.qkv.{p}", f"{hf}attn.c_attn.{p}", conv1d=True)  # fused q,k,v
-                add(f"{ours}attn.out.{p}", f"{hf}attn.c_proj.{p}", conv1d=True)
-                add(f"{ours}ffn_norm.{p}", f"{hf}ln_2.{p}")
-                add(f"{ours}ffn.up.{p}", f"{hf}mlp.c_fc.{p}", conv1d=True)
-                add(f"{ours}ffn.down.{p}", f"{hf}mlp.c_proj.{p}", conv1d=True)
-        for p in ("weight", "bias"):
-            add(f"final_norm.{p}", f"transformer.ln_f.{p}")
-    else:
-        q, kv = config.num_heads * config.attn_head_dim, config.kv_heads * config.attn_head_dim
-        add("token_embedding.weight", "model.embed_tokens.weight")
-        for i in range(config.num_layers):
-            ours, hf = f"layers.{i}.", f"model.layers.{i}."
-            add(f"{ours}attn_norm.weight", f"{hf}input_layernorm.weight")
-            for p in ("weight", "bias") if config.qkv_bias else ("weight",):
-                names = tuple(f"{hf}self_attn.{x}_proj.{p}" for x in "qkv")
-                add(f"{ours}attn.qkv.{p}", names, sizes=[q, kv, kv])
-            add(f"{ours}attn.out.weight", f"{hf}self_attn.o_proj.weight")
-            add(f"{ours}ffn_norm.weight", f"{hf}post_attention_layernorm.weight")
-            gate_up = (f"{hf}mlp.gate_proj.weight", f"{hf}mlp.up_proj.weight")
-            add(f"{ours}ffn.up.weight", gate_up, sizes=[config.hidden_dim] * 2)
-            add(f"{ours}ffn.down.weight", f"{hf}mlp.down_proj.weight")
-        add("final_norm.weight", "model.norm.weight")
-    if not config.tie_embeddings:
-        add("lm_head.weight", "lm_head.weight")
-    return rows
-
-
-def _check_shapes(state: dict[str, Tensor], config: ModelConfig, source: str) -> None:
-    from lmforge.models.transformer import Transformer  # deferred: keeps this module light
-
-    with torch.device("meta"):  # shapes only, nothing allocated
-        expected = Transformer(config).state_dict()
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{key} is {tuple(state[key].shape)} in the {source} but the config needs "
-                f"{tuple(tensor.shape)}; the config does not match these weights"
-            )
-
-
-def _family(model_type: str) -> str:
-    return "gpt2" if model_type == "gpt2" else "zoo" if model_type in ZOO else "llama"
-
-
-def state_dict_from_hf(
-    hf_state: dict[str, Tensor],
-    config: ModelConfig,
-    model_type: str,
-    rope_interleave: bool | None = None,
-) -> dict[str, Tensor]:
-    """Our state dict (Transformer.load_state_dict-ready) from an HF one of `model_type`.
-
-    rope_interleave (DeepSeek only; config.json's value): None means True, HF's default for V3 and
-    the only layout of V2.
-    """
-    if model_type not in SUPPORTED:
-        raise CheckpointError(
-            f"cannot import HF model_type '{model_type}' weights; supported: {', '.join(SUPPORTED)}"
-        )
-    gpt2 = model_type == "gpt2"
-    family = (
-        "zoo"
-        if (model_type in ZOO or config.sliding_window or config.layers)
-        else _family(model_type)
-    )
-    if model_type in ZOO:
-        hf_state = fuse_legacy_experts(hf_state)
-    prefix = "transformer." if gpt2 else "model."
-    hf = {}
-    for key, tensor in hf_state.items():
-        if key.endswith(IGNORED_SUFFIXES):
-            continue
-        # Checkpoints saved from the bare body (e.g. the original gpt2 weights) lack the prefix.
-        if key != "lm_head.weight" and not key.startswith(prefix):
-            key = prefix + key
-        hf[key] = tensor
-    if config.tie_embeddings:
-        hf.pop("lm_head.weight", None)  # the tied alias of the embedding
-    state = {}
-    for ours, names, conv1d, _ in _layout(config, family):
-        missing = [name for name in names if name not in hf]
-        if missing:
-            raise CheckpointError(
-                f"HF {model_type} weights lack {missing[0]}; check that config.json belongs "
-                "to these weights"
-            )
-        tensor = torch.cat([hf.pop(name) for name in names]) if len(names) > 1 else hf.pop(names[0])
-        state[ours] = tensor.t().contiguous() if conv1d and tensor.ndim == 2 else tensor
-    if hf:
-        raise CheckpointError(
-            f"HF {model_type} weights hold tensors lmforge has no place for "
-            f"({', '.join(sorted(hf)[:3])}); only plain decoders as config.json describes load"
-        )
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state["token_embedding.weight"]
-    _check_shapes(state, config, "converted HF weights")
-    if model_type in DEEPSEEK and (model_type == "deepseek_v2" or rope_interleave is not False):
-        state = permute_rope_rows(state, layer_configs(config))
-    return state
-
-
-def state_dict_to_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    """HF state dict for the architecture `hf_config_from_model_config(config)` names.
-
-    Tied embeddings are stored once (no lm_head.weight), as HF's own checkpoints do, so the result
-    can go straight to safetensors.torch.save_file. No two returned tensors share memory.
-    """
-    model_type = _export_type(config)
-    family = "zoo" if model_type in (*ZOO, "mistral") else _family(model_type)
-    state = dict(state)
-    if config.tie_embeddings:  # safetensors' save_model keeps only one name of a tied pair
-        shared = state.get("token_embedding.weight", state.get("lm_head.weight"))
-        state["token_embedding.weight"] = state["lm_head.weight"] = shared
-    missing = [key for key, *_ in _layout(config, family) if key not in state]
-    if missing:
-        raise CheckpointError(f"lmforge state dict lacks {missing[0]}; is it this config's model?")
-    _check_shapes(state, config, "lmforge state dict")
-    if model_type == "deepseek_v2":  # V2 always rotates interleaved pairs (V3 exports without)
-        state = permute_rope_rows(state, layer_configs(config), inverse=True)
-    hf = {}
-    for ours, names, conv1d, sizes in _layout(config, family):
-        tensor = state[ours].t() if conv1d and state[ours].ndim == 2 else state[ours]
-        if sizes:  # split views share storage, which save_file refuses: copy them
-            hf.update(zip(names, (part.clone() for part in tensor.split(sizes)), strict=True))
-        else:
-            hf[names[0]] = tensor.contiguous()
     return hf
