@@ -9,7 +9,6 @@ import torch
 from conftest import assert_one_line_error, make_text, run_cli
 
 from lmforge.checkpoint.directory import save_checkpoint
-from lmforge.cli import ChatCommand, decode_options
 from lmforge.errors import ConfigError
 from lmforge.inference.chat import chat, fit_conversation
 from lmforge.inference.options import DecodeOptions
@@ -48,7 +47,7 @@ def scripted(lines):
 def test_chat_keeps_the_conversation_and_resets(chat_checkpoint):
     directory, _ = chat_checkpoint
     out = io.StringIO()
-    options = decode_options(ChatCommand(checkpoint=str(directory), max_new_tokens=8))
+    options = DecodeOptions(max_new_tokens=8, temperature=0.0)
     messages = chat(
         str(directory),
         options,
@@ -67,7 +66,7 @@ def test_chat_reply_is_the_greedy_continuation_of_the_template(chat_checkpoint):
     """The streamed reply equals decoding the chat-template prompt directly (same model, greedy)."""
     directory, tokenizer = chat_checkpoint
     out = io.StringIO()
-    options = decode_options(ChatCommand(checkpoint=str(directory), max_new_tokens=6))
+    options = DecodeOptions(max_new_tokens=6, temperature=0.0)
     messages = chat(str(directory), options, read=scripted(["what is two plus two"]), out=out)
     expected = sample(
         str(directory),

@@ -11,7 +11,8 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 from lmforge import cli
-from lmforge.cli import TrainCommand, main
+from lmforge.cli import main
+from lmforge.train.commands import TrainCommand
 
 TINY = [
     "--model.preset",

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from lmforge.cli import TrainCommand, parse
+from lmforge.cli import parse
 from lmforge.config import (
     CONFIG_DIR,
     RunConfig,
@@ -17,6 +17,7 @@ from lmforge.config import (
 )
 from lmforge.errors import ConfigError
 from lmforge.models.presets import PRESETS
+from lmforge.train.commands import TrainCommand
 
 TOML = """
 [model]

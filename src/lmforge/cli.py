@@ -1,7 +1,11 @@
-"""`lmforge <command>`: each subcommand is a typed dataclass (parsed by tyro) and a plain function.
+"""`lmforge <command>`: a table of commands, each a typed dataclass (parsed by tyro) that lives
+in its package, and a small `run_*` adapter here that calls that package's plain function and
+prints the outcome.
 
 Argument parsing lives only here. User errors (LmforgeError, and tyro's parse errors) become one
 line on stderr and exit code 2, without a traceback.
+
+The `run_*` adapters import their packages inside the function so that `--help` skips torch.
 """
 
 from __future__ import annotations
@@ -14,183 +18,19 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import tyro
 
-from lmforge.config import FinetuneRunConfig, RunConfig, load_run_config
+from lmforge.checkpoint.commands import ConsolidateCommand
+from lmforge.config import RunConfig, load_run_config
 from lmforge.errors import LmforgeError, TrainingError
-from lmforge.evals.commands import HellaswagEval, LossEval, run_eval_task
-from lmforge.evals.lm_eval_command import LmEvalEval
+from lmforge.evals.commands import EvalCommand, run_eval_task
+from lmforge.finetune.commands import FinetuneCommand, MergeCommand
+from lmforge.inference.commands import ChatCommand, SampleCommand
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
+from lmforge.models.commands import PresetsCommand
 from lmforge.serve.options import ServeCommand
-
-if TYPE_CHECKING:
-    from lmforge.inference.options import DecodeOptions
-
-Dtype = Literal["auto", "fp32", "bf16"]
-Quantize = Literal["auto", "none", "int8", "int4"]
-Compile = Literal["auto", "on", "off"]
-
-
-@dataclass
-class TrainCommand:
-    """Train a model. Config: a TOML file (--config) plus dotted overrides such as --train.max_steps 100."""
-
-    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
-    config: str | None = None
-    """TOML run config: a path, or the name of a shipped one (quickstart, tiny)."""
-    resume: bool = False
-    """Continue the run in train.out_dir from its last checkpoint, exactly."""
-    init_from: str | None = None
-    """Start a new run from the weights of this checkpoint (or run) directory."""
-    start_step: int | None = None
-    """Set the step counter (learning-rate schedule, train.max_steps) of the resumed or new run."""
-    reset_optimizer: bool = False
-    """With --resume: restore weights, data position and step, but start a fresh optimizer."""
-
-
-@dataclass
-class FinetuneCommand:
-    """Finetune a model: sft, dpo or distill, optionally with LoRA (the train loop and its flags)."""
-
-    method: tyro.conf.Positional[Literal["sft", "dpo", "distill", None]] = None
-    """sft, dpo or distill; default: the config's finetune.method."""
-    run: Annotated[FinetuneRunConfig, tyro.conf.arg(name="")] = field(
-        default_factory=FinetuneRunConfig
-    )
-    config: str | None = None
-    """TOML run config with a [finetune] section: a path or a shipped name (sft-smollm2, ...)."""
-    init_from: str | None = None
-    """Starting weights (sets finetune.init_from): checkpoint or run dir, .gguf file or HF dir."""
-    resume: bool = False
-    """Continue the run in train.out_dir from its last checkpoint, exactly."""
-    start_step: int | None = None
-    """Set the step counter (learning-rate schedule, train.max_steps) of the resumed or new run."""
-    reset_optimizer: bool = False
-    """With --resume: restore weights, data position and step, but start a fresh optimizer."""
-
-
-@dataclass
-class MergeCommand:
-    """Fold a LoRA run's adapters into its base weights: a full checkpoint for sample/export."""
-
-    checkpoint: tyro.conf.Positional[str]
-    """LoRA checkpoint directory, or a LoRA run directory (uses its last checkpoint)."""
-    out: str
-    """Checkpoint directory to create (must not exist, or be empty)."""
-    base: str | None = None
-    """Base weights (checkpoint, .gguf or HF dir); default: the path the adapters recorded."""
-
-
-@dataclass
-class PrepareCommand:
-    """Tokenize the configured data source into token shards (train runs this automatically)."""
-
-    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
-    config: str | None = None
-    """TOML run config whose [data] section to prepare."""
-
-
-@dataclass
-class ConsolidateCommand:
-    """Gather an FSDP checkpoint's sharded model into model.safetensors (one process)."""
-
-    checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
-
-
-@dataclass
-class SampleCommand:
-    """Generate text from a checkpoint."""
-
-    checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
-    prompt: tuple[str, ...] = ("",)
-    """One or more prompts, decoded as one batch."""
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    """0 is greedy decoding."""
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 1337
-    device: str = "auto"
-    dtype: Dtype = "auto"
-    """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
-    quantize: Quantize = "auto"
-    """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision (Q4_1 ->
-    int4, Q8_0 -> int8) and leaves other checkpoints unquantized."""
-    compile: Compile = "auto"
-    """torch.compile the one-token decode step; auto compiles when a call generates >= 1024
-    tokens (compiling takes ~6-30 s on a CPU)."""
-    stop_at_end_of_text: bool = True
-    """Stop a sample at the tokenizer's end-of-text or end-of-turn tokens."""
-    chat: bool = False
-    """Wrap each prompt in the chat template as a user message (for instruction-tuned models)."""
-    template: str | None = None
-    """Chat template: a built-in name (chatml, llama3, llama2, alpaca) or Jinja source;
-    default: the tokenizer's own."""
-
-
-@dataclass
-class ChatCommand:
-    """Chat with a model in the terminal, through its chat template, streaming the replies."""
-
-    checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
-    system: str | None = None
-    """System prompt put at the start of the conversation."""
-    template: str | None = None
-    """Chat template: a built-in name (chatml, llama3, llama2, alpaca) or Jinja source;
-    default: the tokenizer's own."""
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    """0 is greedy decoding."""
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 1337
-    device: str = "auto"
-    dtype: Dtype = "auto"
-    """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
-    quantize: Quantize = "auto"
-    """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision (Q4_1 ->
-    int4, Q8_0 -> int8) and leaves other checkpoints unquantized."""
-    compile: Compile = "auto"
-    """torch.compile the one-token decode step; auto compiles when a call generates >= 1024
-    tokens (compiling takes ~6-30 s on a CPU)."""
-
-
-@dataclass
-class PlotCommand:
-    """Draw the loss curves of a run directory to a PNG."""
-
-    run_dir: tyro.conf.Positional[str]
-    out: str | None = None
-    """PNG path; default RUN_DIR/loss.png."""
-
-
-@dataclass
-class PresetsCommand:
-    """List the named model presets: parameters, FLOPs per token, training memory per GPU."""
-
-    seq_len: int = 2048
-    """Sequence length for the attention part of FLOPs per token."""
-    gpus: int = 8
-    """World size for the memory-per-GPU columns (ddp / zero1 / fsdp)."""
-
-
-@dataclass
-class EvalCommand:
-    """Evaluate a checkpoint: `eval hellaswag`, `eval loss` (on prepared data) or `eval lm-eval`."""
-
-    task: tyro.conf.OmitSubcommandPrefixes[
-        Union[  # noqa: UP007 (tyro names subcommands through Annotated members of a Union)
-            Annotated[HellaswagEval, tyro.conf.subcommand("hellaswag")],
-            Annotated[LossEval, tyro.conf.subcommand("loss")],
-            Annotated[LmEvalEval, tyro.conf.subcommand("lm-eval")],
-        ]
-    ]
+from lmforge.train.commands import PlotCommand, PrepareCommand, TrainCommand
 
 
 def run_train(command: TrainCommand) -> None:
@@ -264,19 +104,11 @@ def run_prepare(command: PrepareCommand) -> None:
     )
 
 
-def decode_options(command: SampleCommand | ChatCommand) -> DecodeOptions:
-    """The decode settings of a sample or chat command, as the plain options they take."""
-    from lmforge.inference.options import DecodeOptions
-
-    names = [f.name for f in dataclasses.fields(DecodeOptions)]
-    return DecodeOptions(**{name: getattr(command, name) for name in names})
-
-
 def run_sample(command: SampleCommand) -> None:
     from lmforge.inference.sample import sample
 
     sample(
-        command.checkpoint, command.prompt, decode_options(command), chat=command.chat,
+        command.checkpoint, command.prompt, command.decode, chat=command.chat,
         template=command.template, stop_at_end_of_text=command.stop_at_end_of_text,
     )  # fmt: skip
 
@@ -284,10 +116,7 @@ def run_sample(command: SampleCommand) -> None:
 def run_chat(command: ChatCommand) -> None:
     from lmforge.inference.chat import chat
 
-    chat(
-        command.checkpoint, decode_options(command), system=command.system,
-        template=command.template,
-    )  # fmt: skip
+    chat(command.checkpoint, command.decode, system=command.system, template=command.template)
 
 
 def run_serve(command: ServeCommand) -> None:

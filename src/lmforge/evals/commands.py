@@ -1,4 +1,4 @@
-"""`lmforge eval hellaswag` and `lmforge eval loss`: their options and what they run.
+"""`lmforge eval` (hellaswag, loss, lm-eval): the options, and what hellaswag and loss run.
 (`eval lm-eval` lives beside its adapter, in lm_eval_command.py.)
 
 The options are plain dataclasses the CLI parses; torch and the evaluators are imported when a
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, Union
+
+import tyro
 
 from lmforge.evals.lm_eval_command import LmEvalEval, run_lm_eval_command
 
@@ -52,6 +54,19 @@ class LossEval:
     """auto: bf16 where this machine runs it fast (GPU, AMX CPU), else fp32."""
     document_masking: bool = False
     """Attend only within each document of a window (as in training with it)."""
+
+
+@dataclass
+class EvalCommand:
+    """Evaluate a checkpoint: `eval hellaswag`, `eval loss` (on prepared data) or `eval lm-eval`."""
+
+    task: tyro.conf.OmitSubcommandPrefixes[
+        Union[  # noqa: UP007 (tyro names subcommands through Annotated members of a Union)
+            Annotated[HellaswagEval, tyro.conf.subcommand("hellaswag")],
+            Annotated[LossEval, tyro.conf.subcommand("loss")],
+            Annotated[LmEvalEval, tyro.conf.subcommand("lm-eval")],
+        ]
+    ]
 
 
 def run_eval_task(task: HellaswagEval | LossEval | LmEvalEval) -> None:

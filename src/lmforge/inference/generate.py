@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from lmforge.inference.options import SamplingConfig  # defined torch-free; importable here too
 from lmforge.models.kv_cache import KVCache
 from lmforge.models.static_kv_cache import StaticKVCache, static_cache_supported
 from lmforge.models.transformer import Transformer
 
 CACHE_ROUNDING = 256
 """KV cache lengths are multiples of this (or the context length)."""
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    """0 means greedy."""
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop_tokens: tuple[int, ...] = ()
-    """Stop a row when it emits any of these (e.g. end-of-text, a chat end-of-turn token)."""
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lmforge.inference.options import Dtype, Quantize
+
 
 @dataclass
 class ServeCommand:
@@ -30,8 +32,8 @@ class ServeCommand:
     """Chat template for /v1/chat/completions: a built-in name (chatml, llama3, llama2, alpaca)
     or Jinja source; default: the tokenizer's own."""
     device: str = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: Dtype = "auto"
     """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""
-    quantize: Literal["auto", "none", "int8", "int4"] = "auto"
+    quantize: Quantize = "auto"
     """Weight-only int8/int4 for CPU decoding; auto keeps an imported GGUF's precision."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
