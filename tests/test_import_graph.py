@@ -190,3 +190,33 @@ def test_checker_finds_cycles_and_upward_imports(tmp_path: Path) -> None:
         "cycle: pkg.low.b -> pkg.low.a",
         "upward: pkg.low.a -> pkg.high.c",
     }
+
+
+# Where an import of an lmforge module may sit inside a function, and why. Everywhere else imports
+# go at the top: a deferred import hides what a module depends on.
+DEFERRED_IMPORTS_ALLOWED: dict[str, str] = {
+    "lmforge.cli": "start-up: handlers import their packages when they run (`--help` has no torch)",
+    "lmforge.interop.commands": "imported by the CLI at start-up (its command dataclasses)",
+    "lmforge.evals.commands": "imported by the CLI at start-up (its command dataclasses)",
+    "lmforge.evals.lm_eval_command": "the lm-eval extra is optional",
+    "lmforge.checkpoint.directory": "DCP costs ~0.6 s to import; only sharded checkpoints need it",
+}
+
+
+def test_deferred_imports_only_where_allowed() -> None:
+    found = set()
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        module = module_name(path, SRC)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith(PACKAGE)
+                ):
+                    found.add(module)
+    unexpected = sorted(found - set(DEFERRED_IMPORTS_ALLOWED))
+    assert not unexpected, f"move these modules' in-function imports to the top: {unexpected}"
+    stale = sorted(set(DEFERRED_IMPORTS_ALLOWED) - found)
+    assert not stale, f"no deferred import left; delete from DEFERRED_IMPORTS_ALLOWED: {stale}"

@@ -18,7 +18,7 @@ import tomllib
 from lmforge._validate import from_dict
 from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig
-from lmforge.models.lora import LoraConfig
+from lmforge.models.lora_config import LoraConfig
 from lmforge.models.presets import preset_fields
 
 CONFIG_DIR = Path(__file__).parent / "configs"

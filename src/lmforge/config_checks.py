@@ -9,6 +9,7 @@ sampling options of sample/chat/serve have their own shared validator in samplin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError
+from lmforge.models.counting import build_on_meta, count_parameters
 from lmforge.runtime import check_device
 
 Rule = tuple[Callable[[float], bool], str]
@@ -135,10 +137,6 @@ def check_out_dir(out_dir: str, checkpoint_bytes: int, key: str = "train.out_dir
 
 def checkpoint_bytes_estimate(run: Any) -> int:
     """Weights plus two AdamW moments in fp32: what one step checkpoint holds, near enough."""
-    import dataclasses
-
-    from lmforge.models.counting import build_on_meta, count_parameters
-
     model = run.model
     if model.vocab_size is None:  # follows the tokenizer; a byte tokenizer is the smallest
         model = dataclasses.replace(model, vocab_size=256)

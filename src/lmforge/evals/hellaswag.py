@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lmforge.data.download import fetch
 from lmforge.errors import DataError
 from lmforge.runtime import autocast_context, choose_precision
 from lmforge.tokenizer import Tokenizer
@@ -97,8 +98,6 @@ def parse_hellaswag(text: str, source: str = "<text>") -> list[Example]:
 def load_hellaswag(path: str | Path | None = None, limit: int | None = None) -> list[Example]:
     """The first `limit` examples of a file; without a path, the validation jsonl (downloaded once)."""
     if path is None:
-        from lmforge.data.download import fetch
-
         path = fetch(DEFAULT_URL)
     path = Path(path)
     if not path.is_file():

@@ -9,6 +9,9 @@ from lmforge.checkpoint.pretrained import load_pretrained
 from lmforge.config import FinetuneRunConfig
 from lmforge.config_checks import check_device, check_ranges
 from lmforge.errors import ConfigError
+from lmforge.finetune.distill import DistillObjective, check_vocab, student_config
+from lmforge.finetune.dpo import DPOObjective
+from lmforge.finetune.sft import SFTObjective
 from lmforge.train.loop import TrainResult, train
 from lmforge.train.objective import Objective
 
@@ -23,8 +26,6 @@ def build_objective(run: FinetuneRunConfig) -> tuple[FinetuneRunConfig, Objectiv
         )
     start = load_pretrained(cfg.init_from) if cfg.init_from else None
     if cfg.method == "distill":
-        from lmforge.finetune.distill import DistillObjective, check_vocab, student_config
-
         if not cfg.teacher:
             raise ConfigError(
                 "finetune distill needs a teacher; set finetune.teacher to a checkpoint, .gguf "
@@ -51,11 +52,7 @@ def build_objective(run: FinetuneRunConfig) -> tuple[FinetuneRunConfig, Objectiv
         )
     run = dataclasses.replace(run, model=start[0])
     if cfg.method == "sft":
-        from lmforge.finetune.sft import SFTObjective
-
         return run, SFTObjective(run, start[2], start)
-    from lmforge.finetune.dpo import DPOObjective
-
     return run, DPOObjective(run, start[2], start)
 
 

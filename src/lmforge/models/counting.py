@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from lmforge.models.config import ModelConfig
+from lmforge.models.moe import moe_layers
+from lmforge.models.transformer import Transformer
 
 
 def build_on_meta(config: ModelConfig) -> nn.Module:
     """The model with shapes but no storage: counts a 70B config in milliseconds."""
-    from lmforge.models.transformer import Transformer
-
     with torch.device("meta"):
         return Transformer(config)
 
@@ -27,8 +27,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def inactive_expert_parameters(model: nn.Module) -> int:
     """Routed-expert parameters a token does not use: (E - k) / E of each MoE layer's experts."""
-    from lmforge.models.moe import moe_layers
-
     idle = 0
     for _, block in moe_layers(model):
         c = block.config
