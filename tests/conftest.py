@@ -7,6 +7,7 @@ working directory so that relative defaults (data/, runs/) never land in the rep
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import random
 import shutil
@@ -160,6 +161,23 @@ def trained_run(tmp_path_factory, corpus_file, byte_data_dir) -> Path:
     out_dir = tmp_path_factory.mktemp("runs") / "trained"
     train(tiny_run(out_dir, corpus_file, byte_data_dir))
     return out_dir
+
+
+def rewind(run_dir: Path, copy: Path, step: int) -> Path:
+    """A copy of a finished run whose `last` checkpoint is the one at `step` (as if it had been
+    stopped there), with the later checkpoints and metrics removed."""
+    shutil.copytree(run_dir, copy, symlinks=True)
+    checkpoints = copy / "checkpoints"
+    for later in checkpoints.glob("step-*"):
+        if int(later.name.split("-")[1]) > step:
+            shutil.rmtree(later)
+    for link in ("last", "best"):
+        (checkpoints / link).unlink(missing_ok=True)
+        (checkpoints / link).symlink_to(f"step-{step:07d}")
+    metrics = copy / "metrics.jsonl"
+    kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
+    metrics.write_text("\n".join(kept) + "\n")
+    return copy
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,7 +1,7 @@
 """Fixtures for the finetuning tests: a tiny random Llama checkpoint with a ChatML tokenizer,
 small instruction and preference files in every supported format, and run configs.
 
-Not a conftest.py (see tests/interop/interop_fixtures.py): test modules import from here.
+Not a conftest.py (see tests/interop/hf_fixtures.py): test modules import from here.
 """
 
 from __future__ import annotations

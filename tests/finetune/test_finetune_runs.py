@@ -6,12 +6,12 @@ adapters only, resume exactly and merge into a checkpoint that `sample` takes; e
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
+from conftest import rewind
 from finetune_fixtures import alpaca_file, finetune_toml, preference_file, tiny_base  # noqa: F401
 
 from lmforge.checkpoint.adapters import ADAPTER_FILE
@@ -44,21 +44,6 @@ def test_sft_lowers_held_out_loss(tmp_path, tiny_base, alpaca_file):  # noqa: F8
     assert sorted(val) == [0, 3, 6]
     assert val[6] < val[0] - 0.5, val
     assert (result.out_dir / "checkpoints" / "last" / MODEL_FILE).is_file()
-
-
-def rewind(run_dir: Path, copy: Path, step: int) -> Path:
-    """A copy of a finished run as if it had stopped after the checkpoint at `step`."""
-    shutil.copytree(run_dir, copy, symlinks=True)
-    checkpoints = copy / "checkpoints"
-    for later in checkpoints.glob("step-*"):
-        if int(later.name.split("-")[1]) > step:
-            shutil.rmtree(later)
-    for link in ("last", "best"):
-        (checkpoints / link).unlink(missing_ok=True)
-        (checkpoints / link).symlink_to(f"step-{step:07d}")
-    kept = [json.dumps(r) for r in records(copy) if r["step"] <= step]
-    (copy / "metrics.jsonl").write_text("\n".join(kept) + "\n")
-    return copy
 
 
 def test_lora_saves_adapters_resumes_exactly_merges(tmp_path, tiny_base, alpaca_file, capsys):  # noqa: F811

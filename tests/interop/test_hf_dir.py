@@ -8,15 +8,14 @@ import json
 
 import pytest
 import torch
-from interop_fixtures import (
+from hf_fixtures import (
     CHAT_TEMPLATE,
-    CONTEXT,
-    HF_CASES,
+    DIR_CONTEXT,
+    DIR_VOCAB,
     TEXT,
-    VOCAB,
     hf_greedy,
+    random_tokens,
     save_hf_dir,
-    shared_data,  # noqa: F401
     trained_tokenizer,
 )
 
@@ -28,10 +27,19 @@ from lmforge.tokenizer import ByteTokenizer, CharTokenizer
 transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4
+# Each architecture family once (the parity tests cover the tied/untied variants).
+CASES = [
+    "gpt2-tied",
+    "llama-gqa-tied",
+    "llama-gqa-untied",
+    "llama3-scaling-untied",
+    "mistral-head-dim",
+    "qwen2-qkv-bias",
+]
 
 
-def _tokens(length: int = 24) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(1))
+def _tokens() -> torch.Tensor:
+    return random_tokens(2, 24, DIR_VOCAB)
 
 
 def _convert(source, out, capsys) -> str:
@@ -39,11 +47,11 @@ def _convert(source, out, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", HF_CASES)
+@pytest.mark.parametrize("case", CASES)
 def test_import_matches_hf_logits_generation_and_tokens(case, tmp_path, capsys):
     hf = save_hf_dir(case, tmp_path / "hf")
     printed = _convert(tmp_path / "hf", tmp_path / "ours", capsys)
-    assert "parameters" in printed and f"vocab {VOCAB}" in printed
+    assert "parameters" in printed and f"vocab {DIR_VOCAB}" in printed
     model, tokenizer, _ = load_model(tmp_path / "ours")
     tokens = _tokens()
     with torch.no_grad():
@@ -51,18 +59,18 @@ def test_import_matches_hf_logits_generation_and_tokens(case, tmp_path, capsys):
     assert diff <= ATOL, diff
     prompt = tokens[0, :8].tolist()
     ours = generate(model, [prompt], SamplingConfig(max_new_tokens=32, temperature=0.0))[0]
-    assert ours == hf_greedy(hf, prompt, 32)
+    assert ours == hf_greedy(hf, [prompt], 32)[0]
     # The tokenizer came along with its special tokens, BOS habit and chat template.
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     expected = reference(TEXT).input_ids
     start = [tokenizer.bos_id] if tokenizer.add_bos else []
     assert start + tokenizer.encode(TEXT) == expected
-    assert tokenizer.add_bos == (case != "gpt2")
+    assert tokenizer.add_bos == (not case.startswith("gpt2"))
     assert tokenizer.eot_id == reference.eos_token_id
     assert tokenizer.chat_template == CHAT_TEMPLATE
 
 
-@pytest.mark.parametrize("case", HF_CASES)
+@pytest.mark.parametrize("case", CASES)
 def test_export_round_trip_loads_in_transformers(case, tmp_path, capsys):
     save_hf_dir(case, tmp_path / "hf")
     _convert(tmp_path / "hf", tmp_path / "ours", capsys)
@@ -80,11 +88,11 @@ def test_export_round_trip_loads_in_transformers(case, tmp_path, capsys):
     assert hf_tokenizer.chat_template == CHAT_TEMPLATE
     assert hf.config.eos_token_id == tokenizer.eot_id == hf_tokenizer.eos_token_id
     assert hf.config.bos_token_id == tokenizer.bos_id
-    assert hf_tokenizer.model_max_length == CONTEXT
+    assert hf_tokenizer.model_max_length == DIR_CONTEXT
 
 
 def test_pytorch_model_bin_is_read(tmp_path, capsys):
-    hf = save_hf_dir("llama-untied", tmp_path / "hf", safe_serialization=False)
+    hf = save_hf_dir("llama-gqa-untied", tmp_path / "hf", safe_serialization=False)
     assert (tmp_path / "hf" / "pytorch_model.bin").is_file()
     assert not (tmp_path / "hf" / "model.safetensors").exists()
     _convert(tmp_path / "hf", tmp_path / "ours", capsys)
@@ -95,7 +103,7 @@ def test_pytorch_model_bin_is_read(tmp_path, capsys):
 
 
 def test_sharded_safetensors_are_read(tmp_path, capsys):
-    hf = save_hf_dir("qwen2", tmp_path / "staging")
+    hf = save_hf_dir("qwen2-qkv-bias", tmp_path / "staging")
     hf.save_pretrained(tmp_path / "hf", max_shard_size="100KB")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         source = tmp_path / "staging" / name
@@ -110,7 +118,7 @@ def test_sharded_safetensors_are_read(tmp_path, capsys):
 
 
 def test_gpt2_vocab_and_merges_without_tokenizer_json(tmp_path, capsys):
-    save_hf_dir("gpt2", tmp_path / "hf")
+    save_hf_dir("gpt2-tied", tmp_path / "hf")
     reference = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "tokenizer.json").unlink()
     trained_tokenizer(llama_style=False).hf.model.save(
@@ -124,7 +132,7 @@ def test_gpt2_vocab_and_merges_without_tokenizer_json(tmp_path, capsys):
 
 
 def test_sample_runs_on_imported_checkpoint(tmp_path, capsys):
-    save_hf_dir("llama-tied", tmp_path / "hf")
+    save_hf_dir("llama-gqa-tied", tmp_path / "hf")
     _convert(tmp_path / "hf", tmp_path / "ours", capsys)
     args = ["sample", "--checkpoint", str(tmp_path / "ours"), "--prompt", "the fox"]
     assert main([*args, "--max_new_tokens", "5", "--temperature", "0"]) == 0
@@ -133,7 +141,7 @@ def test_sample_runs_on_imported_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_export_dtype(dtype, tmp_path, capsys):
-    save_hf_dir("llama-untied", tmp_path / "hf")
+    save_hf_dir("llama-gqa-untied", tmp_path / "hf")
     _convert(tmp_path / "hf", tmp_path / "ours", capsys)
     out = tmp_path / "exported"
     args = ["export", str(tmp_path / "ours"), "--format", "hf", "--out", str(out)]
@@ -176,7 +184,7 @@ HARD_TEXT = TEXT + "Hello  world!!  12345 7.5e10\n\n  \t x \r\n naïve café 日
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
-def test_pretrained_tokenizers_export_as_equivalent_hf_tokenizers(name, shared_data, tmp_path):  # noqa: F811
+def test_pretrained_tokenizers_export_as_equivalent_hf_tokenizers(name, shared_data, tmp_path):
     from lmforge.formats.hf_tokenizer import write_hf_tokenizer
     from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
 
@@ -194,7 +202,7 @@ def test_pretrained_tokenizers_export_as_equivalent_hf_tokenizers(name, shared_d
 
 def test_bfloat16_weights_import(tmp_path, capsys):
     """A bf16 checkpoint is stored as it came (half the disk) and loads into an fp32 model."""
-    hf = save_hf_dir("llama-untied", tmp_path / "staging")
+    hf = save_hf_dir("llama-gqa-untied", tmp_path / "staging")
     hf.to(torch.bfloat16).save_pretrained(tmp_path / "hf")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / "hf" / name).write_bytes((tmp_path / "staging" / name).read_bytes())
@@ -211,7 +219,7 @@ def test_bfloat16_weights_import(tmp_path, capsys):
         assert (model(tokens) - expected).abs().max().item() <= ATOL
 
 
-def test_sentencepiece_only_hf_dir(shared_data, tmp_path):  # noqa: F811
+def test_sentencepiece_only_hf_dir(shared_data, tmp_path):
     """Older Llama 2 repos have tokenizer.model but no tokenizer.json."""
     from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer
 

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from interop_fixtures import hf_greedy, randomize, shared_data  # noqa: F401
+from hf_fixtures import as_reference, hf_greedy, llama_shape
 
 from lmforge.checkpoint.directory import load_model
 from lmforge.cli import main
@@ -18,7 +18,11 @@ from lmforge.interop.meta import ffn_hidden_dim, to_rotate_half
 
 transformers = pytest.importorskip("transformers")
 
-DIM, HEADS, KV_HEADS, LAYERS = 64, 4, 2, 2
+_SHAPE = llama_shape()  # the tiny Llama that _hf_llama builds
+DIM, HEADS, KV_HEADS, LAYERS = (
+    _SHAPE[key]
+    for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+)
 LLAMA2 = dict(vocab_size=-1, multiple_of=32, norm_eps=1e-5)  # Llama 2 leaves vocab_size -1
 LLAMA3 = dict(
     vocab_size=128256,
@@ -42,21 +46,15 @@ SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, 
 def _hf_llama(params: dict, vocab: int):
     hidden = ffn_hidden_dim(DIM, params["multiple_of"], params.get("ffn_dim_multiplier"))
     scaled = params.get("use_scaled_rope")
-    config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=DIM,
+    shape = llama_shape(
+        vocab,
+        256,
         intermediate_size=hidden,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=KV_HEADS,
         rms_norm_eps=params["norm_eps"],
         rope_theta=params.get("rope_theta", 10000.0),
         rope_scaling=dict(LLAMA3_SCALING) if scaled else None,
-        max_position_embeddings=256,
     )
-    model = randomize(transformers.LlamaForCausalLM(config))
-    model.config._attn_implementation = "eager"
-    return model
+    return as_reference(transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape)))
 
 
 def _to_interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -120,7 +118,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_meta_import_matches_hf(case, shared_data, tmp_path, capsys):  # noqa: F811
+def test_meta_import_matches_hf(case, shared_data, tmp_path, capsys):
     params, tokenizer_name, vocab, shards, vocab_parallel = CASES[case]
     tokenizer_model = shared_data / "tokenizers" / tokenizer_name / "tokenizer.model"
     torch.manual_seed(0)
@@ -138,7 +136,7 @@ def test_meta_import_matches_hf(case, shared_data, tmp_path, capsys):  # noqa: F
     assert diff <= 1e-4, diff
     prompt = [tokenizer.bos_id, *tokenizer.encode("The quick brown fox")]
     ours = generate(model, [prompt], SamplingConfig(max_new_tokens=32, temperature=0.0))[0]
-    assert ours == hf_greedy(hf, prompt, 32)
+    assert ours == hf_greedy(hf, [prompt], 32)[0]
     # And on to HF: the exported model and tokenizer load in transformers and agree.
     out = tmp_path / "exported"
     assert main(["export", str(tmp_path / "ours"), "--format", "hf", "--out", str(out)]) == 0
@@ -164,7 +162,7 @@ def test_ffn_hidden_dim_matches_meta_models():
     assert ffn_hidden_dim(2048, 256, 1.5) == 8192  # Llama 3.2 1B
 
 
-def _tiny_meta(tmp_path, shared_data, shards=2):  # noqa: F811
+def _tiny_meta(tmp_path, shared_data, shards=2):
     torch.manual_seed(0)
     hf = _hf_llama(LLAMA2, 32000)
     tokenizer = shared_data / "tokenizers" / "llama2" / "tokenizer.model"
@@ -180,26 +178,26 @@ def _convert_fails(source, out, capsys, *fragments):
     assert not out.exists() and not out.with_name(out.name + ".tmp").exists()
 
 
-def test_missing_shard_is_one_line_error(shared_data, tmp_path, capsys):  # noqa: F811
+def test_missing_shard_is_one_line_error(shared_data, tmp_path, capsys):
     meta = _tiny_meta(tmp_path, shared_data, shards=2)
     (meta / "consolidated.01.pth").rename(meta / "consolidated.02.pth")
     _convert_fails(meta, tmp_path / "out", capsys, "some are missing")
 
 
-def test_truncated_shard_is_one_line_error(shared_data, tmp_path, capsys):  # noqa: F811
+def test_truncated_shard_is_one_line_error(shared_data, tmp_path, capsys):
     meta = _tiny_meta(tmp_path, shared_data, shards=2)
     data = (meta / "consolidated.01.pth").read_bytes()
     (meta / "consolidated.01.pth").write_bytes(data[: len(data) // 2])
     _convert_fails(meta, tmp_path / "out", capsys, "consolidated.01.pth", "corrupt or truncated")
 
 
-def test_missing_tokenizer_model_is_one_line_error(shared_data, tmp_path, capsys):  # noqa: F811
+def test_missing_tokenizer_model_is_one_line_error(shared_data, tmp_path, capsys):
     meta = _tiny_meta(tmp_path, shared_data, shards=1)
     (meta / "tokenizer.model").unlink()
     _convert_fails(meta, tmp_path / "out", capsys, "tokenizer.model")
 
 
-def test_wrong_params_is_one_line_error(shared_data, tmp_path, capsys):  # noqa: F811
+def test_wrong_params_is_one_line_error(shared_data, tmp_path, capsys):
     meta = _tiny_meta(tmp_path, shared_data, shards=1)
     params = json.loads((meta / "params.json").read_text())
     (meta / "params.json").write_text(json.dumps(params | {"n_layers": 3}))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -133,20 +132,3 @@ def assert_same_run(run: Path, reference: Path, tolerance: float = 1e-5) -> None
     assert sorted(weights) == sorted(reference_weights)
     for name, tensor in reference_weights.items():
         torch.testing.assert_close(weights[name], tensor, rtol=tolerance, atol=tolerance)
-
-
-def rewind(run_dir: Path, copy: Path, step: int) -> Path:
-    """A copy of a finished run whose `last` checkpoint is the one at `step` (as if it had been
-    stopped there), with the later checkpoints and metrics removed."""
-    shutil.copytree(run_dir, copy, symlinks=True)
-    checkpoints = copy / "checkpoints"
-    for later in checkpoints.glob("step-*"):
-        if int(later.name.split("-")[1]) > step:
-            shutil.rmtree(later)
-    for link in ("last", "best"):
-        (checkpoints / link).unlink(missing_ok=True)
-        (checkpoints / link).symlink_to(f"step-{step:07d}")
-    metrics = copy / "metrics.jsonl"
-    kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
-    metrics.write_text("\n".join(kept) + "\n")
-    return copy

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, rewind
 from distributed_fixtures import (
     TIMEOUT,
     assert_same_run,
@@ -19,7 +19,6 @@ from distributed_fixtures import (
     final_weights,
     free_port,
     popen_launched,
-    rewind,
     run_launched,
     run_single,
     step_losses,
