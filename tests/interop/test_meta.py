@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 import torch
-from hf_fixtures import as_reference, hf_greedy, llama_shape
+from hf_fixtures import LLAMA3_SCALING, as_reference, hf_greedy, llama_shape
 
 from lmforge.checkpoint.directory import load_model
 from lmforge.cli import main
@@ -32,14 +32,9 @@ LLAMA3 = dict(
     rope_theta=500000.0,
     use_scaled_rope=True,
 )
-# Meta's model.py apply_scaling constants for use_scaled_rope.
-LLAMA3_SCALING = dict(
-    rope_type="llama3",
-    factor=8.0,
-    low_freq_factor=1.0,
-    high_freq_factor=4.0,
-    original_max_position_embeddings=8192,
-)
+# Meta's model.py apply_scaling constants for use_scaled_rope: the tiny tests' factors, but the
+# real original context.
+META_SCALING = LLAMA3_SCALING | dict(original_max_position_embeddings=8192)
 SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
 
 
@@ -52,7 +47,7 @@ def _hf_llama(params: dict, vocab: int):
         intermediate_size=hidden,
         rms_norm_eps=params["norm_eps"],
         rope_theta=params.get("rope_theta", 10000.0),
-        rope_scaling=dict(LLAMA3_SCALING) if scaled else None,
+        rope_scaling=dict(META_SCALING) if scaled else None,
     )
     return as_reference(transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape)))
 
