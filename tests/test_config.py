@@ -92,13 +92,14 @@ def test_quickstart_values():
     run = load_run_config("quickstart")
     assert run.model.preset is None and run.model.dim == 256 and run.model.num_kv_heads == 4
     assert run.data.source == "python-stdlib" and run.data.tokenizer == "bpe"
-    assert run.train.max_steps == 180 and run.train.seq_len == 256
+    assert run.train.max_steps == 720 and run.train.seq_len == 256
+    assert run.train.batch_tokens == 2048 and run.train.time_budget == 200
 
 
 def test_cli_preset_replaces_the_files_model_table():
     run = load_run_config("quickstart", preset="tiny-llama")
     assert run.model.preset == "tiny-llama" and run.model.dim == 64
-    assert run.train.max_steps == 180  # the rest of the file still applies
+    assert run.train.max_steps == 720  # the rest of the file still applies
 
 
 def test_defaults_round_trip(tmp_path):
