@@ -7,7 +7,7 @@
 
 The signatures and docstrings are the contract (docs/python-api.md shows them in use, and its
 examples run in the test suite). `load` and `LanguageModel` live in inference/language_model.py,
-where `lmforge sample`, `serve`'s neighbours and the lm-evaluation-harness adapter use them too;
+where `lmforge sample` and the lm-evaluation-harness adapter use them too;
 this module adds `train` and `finetune`, which sit above everything else.
 """
 
