@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from bad_input_builders import TINY, snapshot
 from conftest import assert_one_line_error
-from test_bad_input_catalogue import TINY, snapshot
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
