@@ -195,3 +195,29 @@ def test_quantize_auto_follows_fast_bf16(monkeypatch, tmp_path, rates, expected)
     (tmp_path / INFO_FILE).write_text('{"quantization": "int4"}')
     assert quantization_plan(tmp_path, CPU, "auto") == expected
     assert quantization_plan(tmp_path, CPU, "int8") == "int8"  # an explicit choice stands
+
+
+def test_a_rate_measured_on_a_busy_host_is_measured_again_when_quiet(monkeypatch, tmp_path):
+    fake_rates(monkeypatch, {"fp32": 50e9})
+    load = {"now": 3.0}
+    monkeypatch.setattr(runtime, "host_load", lambda: load["now"])
+    path = tmp_path / "cache" / "lmforge" / "matmul_rates.json"
+    assert runtime.measured_rate(CPU, "fp32", 64) == 50e9  # measured busy: stored with its load
+    assert json.loads(path.read_text()).popitem()[1] == {"rate": 50e9, "load": 3.0}
+    fake_rates(monkeypatch, {"fp32": 99e9})
+    assert runtime.measured_rate(CPU, "fp32", 64) == 50e9  # still busy: the cache answers
+    load["now"] = 0.2
+    calls = fake_rates(monkeypatch, {"fp32": 99e9})
+    assert runtime.measured_rate(CPU, "fp32", 64) == 99e9 and calls  # quiet now: measured again
+    calls = fake_rates(monkeypatch, {"fp32": 10e9})
+    assert runtime.measured_rate(CPU, "fp32", 64) == 99e9 and not calls  # a quiet rate stays
+
+
+def test_an_older_cache_of_bare_numbers_is_still_read(monkeypatch, tmp_path):
+    calls = fake_rates(monkeypatch, {"fp32": 1e9})
+    monkeypatch.setattr(runtime, "host_load", lambda: 0.0)
+    path = tmp_path / "cache" / "lmforge" / "matmul_rates.json"
+    path.parent.mkdir(parents=True)
+    key = f"{runtime._machine_key(CPU, 64)} | fp32"
+    path.write_text(json.dumps({key: 77e9}))
+    assert runtime.measured_rate(CPU, "fp32", 64) == 77e9 and not calls

@@ -158,21 +158,50 @@ def _machine_key(device: torch.device, size: int) -> str:
     return f"{device.type} | {hardware} | {isa} | torch {torch.__version__} | {size}"
 
 
+BUSY_LOAD = 1.0
+"""Runnable threads per CPU (the 1-minute load average) above which the host counts as busy: a
+rate measured then is kept only until a run on a quieter host measures again."""
+
+
+def host_load() -> float:
+    """The 1-minute load average per logical CPU; 0 where the OS reports none."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def _cached_rate(entry: object) -> tuple[float | None, float]:
+    """(rate, load when measured) of a cache entry; a bare number (older caches) was quiet."""
+    if isinstance(entry, float) and entry > 0:
+        return entry, 0.0
+    if isinstance(entry, dict) and isinstance(entry.get("rate"), float) and entry["rate"] > 0:
+        load = entry.get("load")
+        return entry["rate"], load if isinstance(load, int | float) else 0.0
+    return None, 0.0
+
+
 def measured_rate(device: torch.device, dtype_name: str, size: int) -> float:
-    """matmul_flops, cached per machine: a run's start-up pays for the measurement once."""
+    """matmul_flops, cached per machine: a run's start-up pays for the measurement once. A rate
+    measured on a busy host (which reads low, and would make MFU read high for good) is measured
+    again by the next run that finds the host quiet, and the higher of the two is kept."""
     path = _cache_path()
     key = f"{_machine_key(device, size)} | {dtype_name}"
     try:
         cache = json.loads(path.read_text())
-        if isinstance(cache, dict) and isinstance(cache.get(key), float) and cache[key] > 0:
-            return cache[key]
+        cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}
-    rate = matmul_flops(device, dtype_name, size)
+    cached, load_then = _cached_rate(cache.get(key))
+    load_now = host_load()
+    if cached is not None and not (load_then > BUSY_LOAD >= load_now):
+        return cached
+    rate = max(matmul_flops(device, dtype_name, size), cached or 0.0)
     with contextlib.suppress(OSError):  # a read-only home only costs the next run a re-measure
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_suffix(f".{os.getpid()}.tmp")
-        staging.write_text(json.dumps(cache | {key: rate}, indent=1))
+        entry = {"rate": rate, "load": round(load_now, 2)}
+        staging.write_text(json.dumps(cache | {key: entry}, indent=1))
         staging.replace(path)
     return rate
 
