@@ -1,5 +1,6 @@
-"""GGUF (llama.cpp's file format) -> lmforge: read/import `llama` (also Mixtral-style MoE) and
-`gpt2` files. The reverse direction (export) is gguf_export.py, on the same tensor layout.
+"""GGUF (llama.cpp's file format) -> lmforge: read `llama` (also Mixtral-style MoE) and `gpt2`
+files into a config, a state dict and a tokenizer. Writing one as a checkpoint directory is
+interop/gguf_import.py; the reverse direction is interop/gguf_export.py, on the same layout.
 
 Layout differences handled here:
 - GGUF lists tensor dims innermost first, so a (rows, cols) torch weight has GGUF shape [cols, rows];
