@@ -16,6 +16,12 @@ from lmforge.formats.gguf import read_gguf
 from lmforge.formats.hf_config import model_config_from_hf
 from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json
 from lmforge.formats.hf_weights import read_hf_weights, state_dict_from_hf
+from lmforge.formats.weight_source import (
+    SafetensorsSource,
+    StateDictSource,
+    hf_source,
+    safetensors_file_source,
+)
 from lmforge.models.config import ModelConfig
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 
@@ -53,6 +59,30 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
             weights, config, hf_config["model_type"], hf_config.get("rope_interleave")
         )
         return config, state, load_hf_dir_tokenizer(path, hf_config)
+    raise CheckpointError(
+        f"{path} is a Meta checkpoint; run `lmforge convert {path} --out DIR` and start from DIR"
+    )
+
+
+def open_weights(path: str | Path) -> tuple[ModelConfig, SafetensorsSource | StateDictSource]:
+    """(model config, a source that reads the weights a slice at a time) of a checkpoint, HF dir
+    or GGUF file: what sharded loading (parallel/materialize.py load_local) reads from. The
+    checkpoint and safetensors HF dirs are read lazily; GGUF is dequantized in memory."""
+    path = Path(path).expanduser()
+    if _is_checkpoint(path):
+        ckpt.refuse_adapter_checkpoint(path)
+        directory = ckpt.find_checkpoint(path)
+        ckpt.verify_checkpoint(directory, required=False)
+        config = ckpt.read_model_config(directory)
+        return config, safetensors_file_source(directory / ckpt.MODEL_FILE)
+    kind = detect_format(path)
+    if kind == "gguf":
+        config, state, _ = read_gguf(path)
+        return config, StateDictSource(state)
+    if kind == "hf":
+        hf_config = read_json(path / "config.json")
+        config = model_config_from_hf(hf_config)
+        return config, hf_source(path, hf_config, config)
     raise CheckpointError(
         f"{path} is a Meta checkpoint; run `lmforge convert {path} --out DIR` and start from DIR"
     )

@@ -39,6 +39,8 @@ def split_held_out(items: list, config: FinetuneConfig, held_out: list | None) -
 class FinetuneObjective:
     """Subclasses implement prepare, loaders, loss and evaluate."""
 
+    builds_on_meta = False  # transform loads weights and adds adapters to the whole model
+
     def __init__(
         self, run: FinetuneRunConfig, tokenizer: Tokenizer, start: Pretrained | None = None
     ) -> None:

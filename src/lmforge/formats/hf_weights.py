@@ -34,7 +34,7 @@ from lmforge.models.transformer import Transformer
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
-def _layout(config: ModelConfig, family: str) -> list[tuple[str, tuple[str, ...], bool, list]]:
+def layout(config: ModelConfig, family: str) -> list[tuple[str, tuple[str, ...], bool, list]]:
     """(our key, the HF keys concatenated along dim 0 into it, HF stores it transposed, split sizes)."""
     rows = []
     gpt2 = family == "gpt2"
@@ -131,7 +131,7 @@ def state_dict_from_hf(
     if config.tie_embeddings:
         hf.pop("lm_head.weight", None)  # the tied alias of the embedding
     state = {}
-    for ours, names, conv1d, _ in _layout(config, family):
+    for ours, names, conv1d, _ in layout(config, family):
         missing = [name for name in names if name not in hf]
         if missing:
             raise CheckpointError(
@@ -165,14 +165,14 @@ def state_dict_to_hf(state: dict[str, Tensor], config: ModelConfig) -> dict[str,
     if config.tie_embeddings:  # safetensors' save_model keeps only one name of a tied pair
         shared = state.get("token_embedding.weight", state.get("lm_head.weight"))
         state["token_embedding.weight"] = state["lm_head.weight"] = shared
-    missing = [key for key, *_ in _layout(config, family) if key not in state]
+    missing = [key for key, *_ in layout(config, family) if key not in state]
     if missing:
         raise CheckpointError(f"lmforge state dict lacks {missing[0]}; is it this config's model?")
     check_shapes(state, config, "lmforge state dict")
     if model_type == "deepseek_v2":  # V2 always rotates interleaved pairs (V3 exports without)
         state = permute_rope_rows(state, layer_configs(config), inverse=True)
     hf = {}
-    for ours, names, conv1d, sizes in _layout(config, family):
+    for ours, names, conv1d, sizes in layout(config, family):
         tensor = state[ours].t() if conv1d and state[ours].ndim == 2 else state[ours]
         if sizes:  # split views share storage, which save_file refuses: copy them
             hf.update(zip(names, (part.clone() for part in tensor.split(sizes)), strict=True))

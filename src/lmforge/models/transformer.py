@@ -7,7 +7,9 @@ Shapes in comments: B batch, T new tokens, S attended positions (cache + new), C
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -61,43 +63,70 @@ class Transformer(nn.Module):
         config.validate()
         assert config.vocab_size is not None, "resolve vocab_size before building the model"
         self.config = config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
-        if config.position == "learned":
-            self.position_embedding = nn.Embedding(config.context_length, config.dim)
-        self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(
-            Block(layer, i) for i, layer in enumerate(layer_configs(config))
-        )
-        self.final_norm = make_norm(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.token_embedding.weight
+        device = torch.get_default_device()
+        # Built on meta and then given storage, so that the layers' own default inits draw
+        # nothing from the random stream: a model built here and one built on meta and
+        # materialised per rank (parallel/materialize.py) start from the same weights.
+        with torch.device("meta"):
+            self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
+            if config.position == "learned":
+                self.position_embedding = nn.Embedding(config.context_length, config.dim)
+            self.dropout = nn.Dropout(config.dropout)
+            self.layers = nn.ModuleList(
+                Block(layer, i) for i, layer in enumerate(layer_configs(config))
+            )
+            self.final_norm = make_norm(config)
+            self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.tie_weights()
         self._tables: dict = {}  # rope cos/sin per rotated width, sinusoidal table
-        if not self.token_embedding.weight.is_meta:
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.tie_weights()
             self.init_weights()
+
+    def tie_weights(self) -> None:
+        """The head shares the embedding's parameter (to_empty gives each module its own)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """GPT-2 / Llama init: N(0, 0.02); residual output projections scaled by 1/sqrt(2 * layers)."""
+        for tensor, init in self.weight_inits():
+            init(tensor)
+
+    def weight_inits(self) -> Iterator[tuple[torch.Tensor, Callable[[torch.Tensor], object]]]:
+        """(tensor, in-place init) in the order init_weights applies them, which is the order the
+        random stream is drawn in. parallel/materialize.py applies the same list to full-size
+        tensors and keeps each rank's shard, so a sharded model starts bitwise where one process
+        does. A tied embedding is listed twice (as the embedding and as the head): the second
+        draw wins, as it always has. Buffers come first (zeros, no random draws)."""
+        for buffer in self.buffers():  # router biases and load counters start at zero
+            yield buffer, nn.init.zeros_
         std = self.config.init_std
         residual_std = std / math.sqrt(2 * self.config.num_layers)
+        normal = functools.partial(nn.init.normal_, mean=0.0, std=std)
+        residual = functools.partial(nn.init.normal_, mean=0.0, std=residual_std)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 is_residual = name.endswith(("attn.out", "ffn.down", "shared.down"))
-                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+                yield module.weight, residual if is_residual else normal
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                    yield module.bias, nn.init.zeros_
             elif isinstance(module, Experts):
-                nn.init.normal_(module.up, mean=0.0, std=std)
-                nn.init.normal_(module.down, mean=0.0, std=residual_std)
+                yield module.up, normal
+                yield module.down, residual
             elif isinstance(module, Router):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                yield module.weight, normal
                 if hasattr(module, "selection_bias"):
-                    nn.init.zeros_(module.selection_bias)
+                    yield module.selection_bias, nn.init.zeros_
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                yield module.weight, normal
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-                module.reset_parameters()
+                if module.weight is not None:
+                    yield module.weight, nn.init.ones_
+                if getattr(module, "bias", None) is not None:
+                    yield module.bias, nn.init.zeros_
 
     def rope(self, device: torch.device, head_dim: int | None = None):
         """cos, sin tables (context_length, head_dim) for RoPE over `head_dim` channels."""

@@ -6,7 +6,7 @@ and its parameter names never change (so checkpoints are the same for every stra
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -71,15 +71,27 @@ class ParallelModel:
 
 
 def parallelize(
-    model: Transformer, config: ParallelConfig, info: DistInfo, dtype: str, compile: bool
+    model: Transformer,
+    config: ParallelConfig,
+    info: DistInfo,
+    dtype: str,
+    compile: bool,
+    materialize: Callable[[Transformer], None] | None = None,
 ) -> ParallelModel:
+    """`model` may be built on the meta device: then `materialize` gives it storage and its
+    starting weights at the point where each rank's share is known (after sharding for FSDP,
+    before DDP, which needs real tensors to wrap)."""
     apply_activation_checkpointing(model.layers, config.activation_checkpointing)
     if config.strategy == "fsdp":
         if compile:  # per block, before sharding, as FSDP2 recommends
             for block in model.layers:
                 block.compile()
         _fully_shard(model, config, info, dtype)
+        if materialize is not None:
+            materialize(model)
         return ParallelModel(model, model, fsdp=True)
+    if materialize is not None:
+        materialize(model)
     ddp = None
     forward: nn.Module = model
     if info.world_size > 1:

@@ -42,6 +42,10 @@ class Loader(Protocol):
 class Objective(Protocol):
     write_weights: WeightsWriter | None
     """None: checkpoints hold the full model.safetensors (LoRA writes only the adapters)."""
+    builds_on_meta: bool
+    """True: the model is built on the meta device and each rank allocates only its share
+    (pretraining). False: `transform` needs the whole model first (fine-tuning's starting
+    weights, DPO's reference copy, LoRA), so each rank builds it whole before sharding."""
 
     def prepare(self, run: RunConfig, info: DistInfo, progress: bool) -> Tokenizer:
         """Get the data ready (every rank; rank 0 first where files are written) and return the
@@ -102,6 +106,7 @@ class PretrainObjective:
     """Next-token cross-entropy over prepared token shards (`lmforge train`)."""
 
     write_weights = None
+    builds_on_meta = True
 
     def prepare(self, run: RunConfig, info: DistInfo, progress: bool) -> Tokenizer:
         self.data_dir = main_first(info, lambda: prepare(run.data, progress=progress))

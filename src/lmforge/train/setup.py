@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lmforge.checkpoint import directory as ckpt
+from lmforge.checkpoint.pretrained import open_weights
 from lmforge.checkpoint.run_state import (
     check_resumable,
     latest_intact_checkpoint,
@@ -26,11 +28,13 @@ from lmforge.checkpoint.run_state import (
 )
 from lmforge.config import RunConfig, TrainConfig, dump_toml
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.models.counting import count_parameters, flops_per_token
+from lmforge.models.counting import build_on_meta, count_parameters, flops_per_token
 from lmforge.models.transformer import Transformer
 from lmforge.optim.optimizers import build_optimizer
 from lmforge.parallel.dist import DistInfo, decided_by_main, elastic_restart_count
+from lmforge.parallel.materialize import load_local, materialize
 from lmforge.parallel.parallelize import ParallelModel, parallelize
+from lmforge.parallel.sharded_state import SHARDED_DIR, holds_model
 from lmforge.runtime import (
     autocast_context,
     choose_compile,
@@ -193,7 +197,9 @@ def build_model(
     last: Path | None,
     reset_optimizer: bool,
 ) -> Transformer:
-    """The plain model with its starting weights (init_from, the objective's, or the resumed)."""
+    """The plain model with its starting weights, whole on this rank: the fine-tuning objectives
+    (their transform loads weights and adds adapters to a real model). Pretraining builds on the
+    meta device instead (`meta_model` and `starting_weights`)."""
     model = Transformer(run.model).to(device)
     if init_from:
         source = ckpt.find_checkpoint(init_from)
@@ -204,6 +210,31 @@ def build_model(
     if last is not None:
         weights_before_parallelize(model, last, whole_file=reset_optimizer)
     return model
+
+
+def starting_weights(
+    info: DistInfo, init_from: str | None, last: Path | None, reset_optimizer: bool
+) -> Callable[[Transformer], None]:
+    """What `parallelize` calls on a meta-built model once each rank's share is known: allocate
+    it, draw the seeded init, then read this rank's slices of the resumed or --init_from weights.
+    (FSDP's resumed weights come later, from the sharded state, by `restore_sharded`.)"""
+
+    def start(model: Transformer) -> None:
+        materialize(model, info.device)
+        if last is not None:
+            if reset_optimizer or not holds_model(last / SHARDED_DIR):
+                _load(model, *open_weights(last), str(last))
+        elif init_from:
+            _load(model, *open_weights(init_from), init_from)
+
+    return start
+
+
+def _load(model: Transformer, config, source, where: str) -> None:
+    try:
+        load_local(model, source, where)
+    finally:
+        source.close()
 
 
 def decide_compile(cfg: TrainConfig, info: DistInfo, run_flops: float, peak: float):
@@ -233,7 +264,12 @@ def set_up(
     run, tokenizer, seq_len, accumulation = prepare_data(run, info, objective)
     cfg = run.train
     last, state = resume_point(run, info, reset_optimizer) if resume else (None, None)
-    model = build_model(run, info.device, init_from, objective, last, reset_optimizer)
+    start = None
+    if objective.builds_on_meta:  # nothing is allocated until each rank knows its share
+        model = build_on_meta(run.model)
+        start = starting_weights(info, init_from, last, reset_optimizer)
+    else:
+        model = build_model(run, info.device, init_from, objective, last, reset_optimizer)
     flops_token = flops_per_token(model, seq_len)
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else None
     if peak is None:
@@ -241,7 +277,7 @@ def set_up(
     first_step = start_step if start_step is not None else state["step"] if state else 0
     run_flops = flops_token * cfg.batch_tokens * max(cfg.max_steps - first_step, 0)
     compile_model, compile_reason = decide_compile(cfg, info, run_flops, peak)
-    parallel = parallelize(model, run.parallel, info, cfg.dtype, compile_model)
+    parallel = parallelize(model, run.parallel, info, cfg.dtype, compile_model, start)
     optimizer = build_optimizer(
         model, run.optim, info.device, shard_over_ranks=run.parallel.strategy == "zero1"
     )
