@@ -8,6 +8,7 @@ fails or runs out of time is reported and the next one starts:
   environment          GPU, memory, driver, CUDA, torch, NCCL; published and measured bf16 peaks
   correctness          tiny model 20 steps: GPU fp32 (deterministic) vs CPU within 1e-4, bf16
   nccl                 launch --nproc-per-node 1, backend nccl: ddp, zero1, fsdp; save + resume
+  meta-fsdp-3b         Llama-3.2-3B built on meta, FSDP, 3 steps: peak memory vs the planner
   throughput-gpt2      GPT-2 124M: bf16, compile, flash SDPA, fused AdamW: tokens/s, MFU, memory
   throughput-llama     Llama-3.2-1B under launch with FSDP: tokens/s, MFU, memory
   decode-smollm2       SmolLM2-135M shape, bf16, static cache + compile, batch 1 and 32
@@ -43,6 +44,7 @@ STAGES = {
     "environment": ("environment:run", 30),
     "correctness": ("correctness:run", 60),
     "nccl": ("distributed:run_nccl", 75),
+    "meta-fsdp-3b": ("meta_fsdp:run", 100),
     "throughput-gpt2": ("throughput:run_gpt2", 120),
     "throughput-llama": ("throughput:run_llama", 130),
     "decode-smollm2": ("decode:run_smollm2", 90),

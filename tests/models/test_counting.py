@@ -21,6 +21,7 @@ PUBLISHED = {
     "llama3-8b": 8_030_261_248,
     "llama3.1-8b": 8_030_261_248,
     "llama3.2-1b": 1_235_814_400,
+    "llama3.2-3b": 3_212_749_824,  # the HF model card's safetensors count
     "smollm2-135m": 134_515_008,
 }
 

@@ -53,6 +53,18 @@ PRESETS: dict[str, dict] = {
         rope_scaling_factor=32.0,
         tie_embeddings=True,
     ),
+    "llama3.2-3b": dict(
+        _LLAMA3,
+        context_length=131072,
+        dim=3072,
+        num_layers=28,
+        num_heads=24,
+        num_kv_heads=8,
+        ffn_dim=8192,
+        rope_scaling="llama3",
+        rope_scaling_factor=32.0,
+        tie_embeddings=True,
+    ),
     "smollm2-135m": dict(
         vocab_size=49152,
         context_length=8192,
