@@ -159,6 +159,13 @@ class ParallelConfig:
     matmul and attention outputs and recomputes the cheap elementwise ops."""
     cpu_offload: bool = False
     """fsdp: keep sharded parameters, gradients and optimizer state in CPU memory."""
+    tensor_parallel: int = 1
+    """Tensor-parallel degree: each block's heads and FFN columns split over this many ranks
+    (DTensor), composed with FSDP over the remaining world_size / tensor_parallel ranks (a 2-D
+    mesh; needs strategy fsdp). It must divide the heads, KV heads and FFN width."""
+    sequence_parallel: bool = True
+    """With tensor_parallel > 1: split the norms' and residuals' tokens over the tensor-parallel
+    ranks too (less activation memory; a reduce-scatter instead of an all-reduce)."""
     consolidate: bool = True
     """fsdp: also gather the full model into model.safetensors at each checkpoint (needed by
     sample, eval and export; otherwise run `lmforge consolidate` on the checkpoint later)."""

@@ -88,7 +88,7 @@ class FinetuneObjective:
         cfg = run.train
         options = {"device": device, "collate": collate, "batch_size": cfg.micro_batch_size}
         train_loader = ExampleLoader(
-            train_rows, seed=cfg.seed, rank=info.rank, world_size=info.world_size, name="train",
+            train_rows, seed=cfg.seed, rank=info.data_rank, world_size=info.data_ranks, name="train",
             **options,
         )  # fmt: skip
         val_loader = ExampleLoader(val_rows, seed=cfg.seed, shuffle=False, name="val", **options)

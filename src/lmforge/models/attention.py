@@ -42,14 +42,11 @@ class Attention(nn.Module):
         # One fused projection: a single large matmul is faster than three small ones.
         self.qkv = nn.Linear(config.dim, qkv_width, bias=config.bias or config.qkv_bias)
         self.out = nn.Linear(self.num_heads * self.head_dim, config.dim, bias=config.bias)
+        self.grouped_rows = False  # tensor parallelism regroups qkv's rows by KV head
 
     def forward(self, x, rope: Rope, masks: AttentionMasks, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        q, k, v = self._split_heads(self.qkv(x), B, T)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -65,6 +62,21 @@ class Attention(nn.Module):
             enable_gqa=self.num_kv_heads != self.num_heads,
         )  # (B, H, T, D)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def _split_heads(self, qkv: torch.Tensor, B: int, T: int):
+        """q (B, H, T, D), k and v (B, KV, T, D) from the fused projection. Head counts come from
+        the width, so a tensor-parallel rank's share (H/tp, KV/tp heads) splits the same way."""
+        D = self.head_dim
+        if self.grouped_rows:  # rows [q heads of group g; k_g; v_g] per KV group (see row_layouts)
+            per_group = self.num_heads // self.num_kv_heads
+            qkv = qkv.view(B, T, -1, per_group + 2, D)  # (B, T, KV, per_group + 2, D)
+            q = qkv[:, :, :, :per_group].reshape(B, T, -1, D).transpose(1, 2)
+            return q, qkv[:, :, :, per_group].transpose(1, 2), qkv[:, :, :, -1].transpose(1, 2)
+        q_width = qkv.shape[-1] * self.num_heads // (self.num_heads + 2 * self.num_kv_heads)
+        kv_width = (qkv.shape[-1] - q_width) // 2
+        q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
+        q = q.view(B, T, -1, D).transpose(1, 2)  # (B, H, T, D)
+        return q, k.view(B, T, -1, D).transpose(1, 2), v.view(B, T, -1, D).transpose(1, 2)
 
 
 class LatentAttention(nn.Module):
@@ -111,8 +123,8 @@ class LatentAttention(nn.Module):
 
     def forward(self, x, rope: Rope, masks: AttentionMasks, cache: KVCache | None = None):
         B, T, _ = x.shape
-        H = self.config.num_heads
         q = self.q(x) if hasattr(self, "q") else self.q_up(self.q_norm(self.q_down(x)))
+        H = q.shape[-1] // (self.nope + self.rope)  # all heads, or a tensor-parallel rank's share
         q = q.view(B, T, H, self.nope + self.rope).transpose(1, 2)  # (B, H, T, dn + dr)
         q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
         latent, k_rope = self.kv_down(x).split([self.rank, self.rope], dim=-1)

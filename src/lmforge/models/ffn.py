@@ -17,10 +17,14 @@ class FeedForward(nn.Module):
         hidden = hidden or config.hidden_dim
         self.up = nn.Linear(config.dim, 2 * hidden if self.swiglu else hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.dim, bias=config.bias)
+        self.interleaved_rows = False  # tensor parallelism interleaves gate and up rows
 
     def forward(self, x):
         h = self.up(x)
-        if self.swiglu:
+        if self.swiglu and self.interleaved_rows:  # rows gate_0, up_0, gate_1, up_1, ...
+            h = h.unflatten(-1, (-1, 2))
+            h = F.silu(h[..., 0]) * h[..., 1]
+        elif self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:

@@ -50,7 +50,8 @@ class Block(nn.Module):
         self.attn = attention(config, layer_index)
         self.ffn_norm = make_norm(config)
         self.ffn = MoEFeedForward(config) if config.ffn == "moe" else FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        # Identity at p=0: no random op on a sequence-parallel activation (a DTensor)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
     def forward(self, x, rope, masks: AttentionMasks, cache: KVCache | None = None):
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, masks, cache))
@@ -71,7 +72,7 @@ class Transformer(nn.Module):
             self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
             if config.position == "learned":
                 self.position_embedding = nn.Embedding(config.context_length, config.dim)
-            self.dropout = nn.Dropout(config.dropout)
+            self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
             self.layers = nn.ModuleList(
                 Block(layer, i) for i, layer in enumerate(layer_configs(config))
             )

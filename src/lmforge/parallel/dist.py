@@ -32,10 +32,22 @@ class DistInfo:
     device: torch.device
     backend: str | None
     """None when no process group exists (a plain single process)."""
+    tensor_parallel: int = 1
+    """Ranks that split each layer between them (and so see the same data)."""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def data_rank(self) -> int:
+        """Which data-parallel replica this rank belongs to (its tensor-parallel group)."""
+        return self.rank // self.tensor_parallel
+
+    @property
+    def data_ranks(self) -> int:
+        """Data-parallel replicas: the ranks that read different batches."""
+        return self.world_size // self.tensor_parallel
 
     @property
     def initialized(self) -> bool:

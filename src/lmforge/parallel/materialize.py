@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from lmforge.errors import CheckpointError
+from lmforge.models.row_layouts import current_rows
 
 Index = tuple[slice, ...]
 
@@ -51,20 +52,30 @@ def local_part(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fill_from_full(tensor: torch.Tensor, full: torch.Tensor) -> None:
-    """Copy this rank's part of `full` (the whole logical tensor) into `tensor`."""
-    local_part(tensor).copy_(full[local_index(tensor)])
+def fill_from_full(tensor: torch.Tensor, full: torch.Tensor, rows: torch.Tensor | None) -> None:
+    """Copy this rank's part of `full` (the whole logical tensor, in the files' row order) into
+    `tensor`, whose rows may be reordered (`rows`, models/row_layouts.py)."""
+    index = local_index(tensor)
+    if rows is not None:
+        full = full[rows[index[0]]]
+        index = (slice(None), *index[1:])
+    local_part(tensor).copy_(full[index])
 
 
 @torch.no_grad()
-def initialize(inits: Iterator[tuple[torch.Tensor, Callable[[torch.Tensor], object]]]) -> None:
+def initialize(
+    inits: Iterator[tuple[torch.Tensor, Callable[[torch.Tensor], object]]],
+    rows: dict[int, torch.Tensor] | None = None,
+) -> None:
     """Apply (tensor, init) pairs in order. A sharded tensor's init runs on a full-size scratch
-    tensor, drawing the random stream exactly as one process does, and the shard is kept."""
+    tensor, drawing the random stream exactly as one process does, and the shard is kept.
+    rows: reordered rows by id(tensor)."""
+    rows = rows or {}
     for tensor, init in inits:
         if isinstance(tensor, DTensor):
             full = torch.empty(tensor.shape, dtype=tensor.dtype, device=local_part(tensor).device)
             init(full)
-            fill_from_full(tensor, full)
+            fill_from_full(tensor, full, rows.get(id(tensor)))
             del full
         else:
             init(tensor)
@@ -77,7 +88,9 @@ def materialize(model: nn.Module, device: torch.device) -> None:
     model.to_empty(device=device)
     if not sharded:  # FSDP keeps a tied pair as one DTensor; to_empty splits a plain one
         model.tie_weights()
-    initialize(model.weight_inits())
+    by_name = dict(model.named_parameters(remove_duplicate=False))
+    rows = {id(by_name[name]): order for name, order in current_rows(model).items()}
+    initialize(model.weight_inits(), rows)
 
 
 @torch.no_grad()
@@ -100,10 +113,25 @@ def load_local(model: nn.Module, source: WeightSource, where: str) -> int:
             f"{where} does not fit this model ({detail}; missing {len(missing)}, unexpected "
             f"{len(unexpected)}, wrong shape {len(wrong)}); use the model config it was saved with"
         )
-    bytes_read = 0
+    bytes_read, reordered = 0, current_rows(model)
     for name, tensor in state.items():
         stored = name if name in source.shapes else next(iter(tied - {name}))
-        block = source.read(stored, local_index(tensor))
+        block = _read_rows(source, stored, local_index(tensor), reordered.get(name))
         local_part(tensor).copy_(block)
         bytes_read += block.numel() * block.element_size()
     return bytes_read
+
+
+def _read_rows(source: WeightSource, name: str, index: Index, rows: torch.Tensor | None):
+    """The block at `index` of a tensor whose rows are reordered by `rows`: the runs of
+    consecutive file rows are read one slice each (a few per rank: its q, k and v heads)."""
+    if rows is None:
+        return source.read(name, index)
+    wanted = rows[index[0]].tolist()
+    blocks, start = [], 0
+    for i in range(1, len(wanted) + 1):
+        if i == len(wanted) or wanted[i] != wanted[i - 1] + 1:
+            run = slice(wanted[start], wanted[i - 1] + 1)
+            blocks.append(source.read(name, (run, *index[1:])))
+            start = i
+    return torch.cat(blocks) if blocks else source.read(name, index)

@@ -22,6 +22,7 @@ from lmforge.models.moe import moe_layers
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.activation_checkpointing import apply_activation_checkpointing
 from lmforge.parallel.dist import DistInfo
+from lmforge.parallel.tensor_parallel import apply_tensor_parallel, check_tensor_parallel
 from lmforge.runtime import DTYPES
 
 
@@ -30,7 +31,20 @@ def needs_process_group(config: ParallelConfig) -> bool:
     return config.strategy in ("zero1", "fsdp")
 
 
-def check_parallel_config(config: ParallelConfig, dtype: str) -> None:
+def check_parallel_config(config: ParallelConfig, dtype: str, world_size: int = 1) -> None:
+    tp = config.tensor_parallel
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ConfigError(f"parallel.tensor_parallel must be a whole number >= 1, got {tp}")
+    if tp > 1 and config.strategy != "fsdp":
+        raise ConfigError(
+            f"parallel.tensor_parallel={tp} needs parallel.strategy='fsdp' (FSDP shards the "
+            "other mesh dimension); set --parallel.strategy fsdp"
+        )
+    if world_size % tp:
+        raise ConfigError(
+            f"parallel.tensor_parallel={tp} does not divide the {world_size} ranks; launch a "
+            f"multiple of {tp} ranks (--nproc-per-node) or change the degree"
+        )
     if config.strategy == "fsdp" and dtype == "fp16":
         raise ConfigError(
             "parallel.strategy='fsdp' with train.dtype='fp16' is not supported (it needs a sharded "
@@ -81,12 +95,23 @@ def parallelize(
     """`model` may be built on the meta device: then `materialize` gives it storage and its
     starting weights at the point where each rank's share is known (after sharding for FSDP,
     before DDP, which needs real tensors to wrap)."""
+    check_parallel_config(config, dtype, info.world_size)
+    data_mesh = None
+    if config.tensor_parallel > 1:  # first, as torchtitan orders it: TP, AC, compile, FSDP
+        check_tensor_parallel(model.config, config.tensor_parallel, config.sequence_parallel)
+        mesh = init_device_mesh(
+            info.device.type,
+            (info.world_size // config.tensor_parallel, config.tensor_parallel),
+            mesh_dim_names=("dp", "tp"),
+        )
+        apply_tensor_parallel(model, mesh["tp"], config.sequence_parallel)
+        data_mesh = mesh["dp"]
     apply_activation_checkpointing(model.layers, config.activation_checkpointing)
     if config.strategy == "fsdp":
         if compile:  # per block, before sharding, as FSDP2 recommends
             for block in model.layers:
                 block.compile()
-        _fully_shard(model, config, info, dtype)
+        _fully_shard(model, config, info, dtype, data_mesh)
         if materialize is not None:
             materialize(model)
         return ParallelModel(model, model, fsdp=True)
@@ -105,8 +130,18 @@ def parallelize(
     return ParallelModel(model, forward, ddp=ddp)
 
 
-def _fully_shard(model: Transformer, config: ParallelConfig, info: DistInfo, dtype: str) -> None:
-    options = {"mesh": init_device_mesh(info.device.type, (info.world_size,))}
+def layout_name(config: ParallelConfig, info: DistInfo) -> str:
+    """How the run is spread, for the start-up line: e.g. 'fsdp 2 x tp 2 (sequence parallel)'."""
+    if config.tensor_parallel == 1:
+        return config.strategy
+    sp = " (sequence parallel)" if config.sequence_parallel else ""
+    return f"{config.strategy} {info.data_ranks} x tp {config.tensor_parallel}{sp}"
+
+
+def _fully_shard(
+    model: Transformer, config: ParallelConfig, info: DistInfo, dtype: str, mesh=None
+) -> None:
+    options = {"mesh": mesh or init_device_mesh(info.device.type, (info.world_size,))}
     if dtype != "fp32":  # gather parameters in the compute dtype; reduce gradients in fp32
         options["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=DTYPES[dtype], reduce_dtype=torch.float32
@@ -120,7 +155,21 @@ def _fully_shard(model: Transformer, config: ParallelConfig, info: DistInfo, dty
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     """Clip the global gradient norm; returns the norm before clipping (a plain tensor)."""
-    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    if isinstance(norm, DTensor):  # FSDP: the norm of sharded gradients, reduced over ranks
-        norm = norm.full_tensor()
-    return norm
+    params = [p for p in model.parameters() if p.grad is not None]
+    meshes = {p.device_mesh for p in params if isinstance(p, DTensor)}
+    if len(meshes) <= 1:  # one mesh (FSDP) or none: torch's own, all gradients at once
+        norm = nn.utils.clip_grad_norm_(params, max_norm)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    # Tensor parallelism leaves some parameters on the 2-D mesh and the rest (whole on every
+    # tensor-parallel rank) on the data-parallel one; DTensor does not mix meshes in one op.
+    groups: dict = {}
+    for p in params:
+        groups.setdefault(p.device_mesh if isinstance(p, DTensor) else None, []).append(p)
+    norms = []
+    for group in groups.values():
+        norm = nn.utils.get_total_norm([p.grad for p in group])
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    for group in groups.values():
+        nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total

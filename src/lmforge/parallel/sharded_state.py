@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmforge.errors import CheckpointError
+from lmforge.models.row_layouts import current_rows
 from lmforge.optim.optimizers import MuonAdamW, inner_optimizers
 from lmforge.parallel.dist import DistInfo
 from lmforge.parallel.safe_load import safe_dcp_load
@@ -114,7 +115,13 @@ def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[st
     if not sharded:
         return model.state_dict() if info.is_main else {}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
+    state = get_model_state_dict(model, options=options)
+    for name, rows in current_rows(model).items():  # files hold the plain row order
+        if name in state:
+            plain = torch.empty_like(state[name])
+            plain[rows] = state[name]
+            state[name] = plain
+    return state
 
 
 def load_model_shards(directory: Path, model: nn.Module) -> None:

@@ -74,6 +74,7 @@ def train(
         info = init_distributed(
             run.train.device, run.parallel.backend, needs_process_group(run.parallel)
         )
+        info = dataclasses.replace(info, tensor_parallel=run.parallel.tensor_parallel)
         try:
             run = resolve_machine(run, info)
             return _train(
@@ -88,7 +89,7 @@ def resolve_machine(run: RunConfig, info: DistInfo) -> RunConfig:
     as the run's first line; the resolved dtype is what config.toml records."""
     threads = choose_threads()
     precision = decided_by_main(info, lambda: choose_precision(run.train.dtype, info.device))
-    check_parallel_config(run.parallel, precision.name)
+    check_parallel_config(run.parallel, precision.name, info.world_size)
     if info.is_main:
         tqdm.write(f"machine: {info.device} {precision.name} ({precision.reason}) | {threads}")
         if precision.warning:

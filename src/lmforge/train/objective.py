@@ -91,15 +91,15 @@ def evaluate_batches(
     model.eval()
     total = None
     with torch.no_grad():
-        for first in range(0, batches, info.world_size):
-            number = first + info.rank
+        for first in range(0, batches, info.data_ranks):
+            number = first + info.data_rank
             value = metric(loader.batch_at(number % batches))
             if total is None:
                 total = torch.zeros_like(value)
             if number < batches:
                 total += value
     model.train()
-    return sum_over_ranks(total, info)
+    return sum_over_ranks(total, info) / info.tensor_parallel  # a replica's ranks sum it alike
 
 
 class PretrainObjective:
@@ -126,8 +126,8 @@ class PretrainObjective:
             cfg.micro_batch_size,
             seq_len,
             cfg.seed,
-            rank=info.rank,
-            world_size=info.world_size,
+            rank=info.data_rank,
+            world_size=info.data_ranks,
             device=device,
             **sampling,
         )

@@ -33,7 +33,7 @@ from lmforge.models.transformer import Transformer
 from lmforge.optim.optimizers import build_optimizer
 from lmforge.parallel.dist import DistInfo, decided_by_main, elastic_restart_count
 from lmforge.parallel.materialize import load_local, materialize
-from lmforge.parallel.parallelize import ParallelModel, parallelize
+from lmforge.parallel.parallelize import ParallelModel, layout_name, parallelize
 from lmforge.parallel.sharded_state import SHARDED_DIR, holds_model
 from lmforge.runtime import (
     autocast_context,
@@ -186,7 +186,7 @@ def prepare_data(run: RunConfig, info: DistInfo, objective: Objective):
             f"train.seq_len={seq_len} exceeds model.context_length={run.model.context_length}; "
             "lower the first or raise the second"
         )
-    return run, tokenizer, seq_len, accumulation_steps(run, seq_len, info.world_size)
+    return run, tokenizer, seq_len, accumulation_steps(run, seq_len, info.data_ranks)
 
 
 def build_model(
@@ -337,7 +337,7 @@ def start_logging(setup: TrainSetup, counters: Counters) -> None:
     setup.say(
         f"model: {count_parameters(setup.model) / 1e6:.2f}M parameters, {setup.flops_token / 1e6:.1f} MFLOPs/token | "
         f"{setup.device} {cfg.dtype} | batch {cfg.batch_tokens} tokens = {cfg.micro_batch_size} x {setup.seq_len} "
-        f"x {info.world_size} ranks x {setup.accumulation} accumulation | {run.parallel.strategy} | "
+        f"x {info.data_ranks} ranks x {setup.accumulation} accumulation | {layout_name(run.parallel, info)} | "
         f"peak {format_flops(setup.peak)} ({'given' if cfg.peak_tflops else 'measured'}) | {setup.compile_reason}"
     )
     if setup.train_state is not None:
