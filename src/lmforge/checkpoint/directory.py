@@ -79,6 +79,19 @@ def stage_checkpoint(directory: Path) -> Path:
     return staging
 
 
+def save_weights(
+    weights: nn.Module | dict[str, torch.Tensor], config: ModelConfig, path: Path
+) -> None:
+    """model.safetensors from a model or a full state dict; a tied embedding and head are
+    stored once, under one name, whatever strategy gathered them."""
+    if isinstance(weights, nn.Module):
+        weights = {k: v.detach() for k, v in weights.state_dict().items()}
+    if config.tie_embeddings:
+        weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+    weights = {k: v.contiguous() for k, v in weights.items()}
+    safetensors.torch.save_file(weights, str(path))
+
+
 def write_checkpoint_files(
     staging: Path,
     config: ModelConfig,
@@ -92,15 +105,8 @@ def write_checkpoint_files(
     `weights` is a model, a full state dict (e.g. gathered from FSDP shards), or None when the
     weights exist only as FSDP shards (`lmforge consolidate` writes them later)."""
     (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
-    if weights is None:
-        pass
-    elif isinstance(weights, nn.Module):
-        safetensors.torch.save_model(weights, str(staging / MODEL_FILE))
-    else:
-        if config.tie_embeddings:  # stored once, as save_model does for a tied model
-            weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
-        weights = {k: v.contiguous() for k, v in weights.items()}
-        safetensors.torch.save_file(weights, str(staging / MODEL_FILE))
+    if weights is not None:
+        save_weights(weights, config, staging / MODEL_FILE)
     tokenizer.save(staging)
     (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
     if train_state is not None:

@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
@@ -228,7 +227,7 @@ def consolidate_checkpoint(path: str | Path) -> Path:
         tensor.detach().fill_(float("nan"))
     load_model_shards(directory / SHARDED_DIR, model)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
-    safetensors.torch.save_model(model, str(staging))
+    ckpt.save_weights(model, config, staging)
     os.replace(staging, directory / ckpt.MODEL_FILE)
     ckpt.write_manifest(directory)
     return directory

@@ -31,7 +31,10 @@ def needs_process_group(config: ParallelConfig) -> bool:
     return config.strategy in ("zero1", "fsdp")
 
 
-def check_parallel_config(config: ParallelConfig, dtype: str, world_size: int = 1) -> None:
+def check_parallel_config(
+    config: ParallelConfig, dtype: str, world_size: int | None = None
+) -> None:
+    """One-line errors for settings that cannot run (world_size: once the ranks are known)."""
     tp = config.tensor_parallel
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise ConfigError(f"parallel.tensor_parallel must be a whole number >= 1, got {tp}")
@@ -40,7 +43,7 @@ def check_parallel_config(config: ParallelConfig, dtype: str, world_size: int = 
             f"parallel.tensor_parallel={tp} needs parallel.strategy='fsdp' (FSDP shards the "
             "other mesh dimension); set --parallel.strategy fsdp"
         )
-    if world_size % tp:
+    if world_size is not None and world_size % tp:
         raise ConfigError(
             f"parallel.tensor_parallel={tp} does not divide the {world_size} ranks; launch a "
             f"multiple of {tp} ranks (--nproc-per-node) or change the degree"
