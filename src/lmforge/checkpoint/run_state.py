@@ -120,9 +120,20 @@ def weights_before_parallelize(model: nn.Module, directory: Path, whole_file: bo
 
 
 def restore_sharded(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | MuonAdamW, info: DistInfo
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | MuonAdamW,
+    info: DistInfo,
+    rows_changed: bool = False,
 ) -> None:
-    load_sharded_state(directory / SHARDED_DIR, model, optimizer, info)
+    load_sharded_state(directory / SHARDED_DIR, model, optimizer, info, rows_changed)
+
+
+def rows_changed(state: dict, tensor_parallel: int) -> bool:
+    """Whether a checkpoint's sharded state holds the other row order than this run's: tensor
+    parallelism regroups the fused rows (models/row_layouts.py) on one side only."""
+    saved = state.get("run_config", {}).get("parallel", {}).get("tensor_parallel", 1)
+    return (saved > 1) != (tensor_parallel > 1)
 
 
 def save_run_checkpoint(

@@ -20,9 +20,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmforge.errors import CheckpointError
-from lmforge.models.row_layouts import current_rows
+from lmforge.models.row_layouts import current_rows, tensor_parallel_rows
 from lmforge.optim.optimizers import MuonAdamW, inner_optimizers
 from lmforge.parallel.dist import DistInfo
+from lmforge.parallel.materialize import fill_from_full, local_part
 from lmforge.parallel.safe_load import safe_dcp_load
 from lmforge.parallel.safe_reader import SafeReader
 
@@ -87,14 +88,23 @@ def holds_model(directory: Path) -> bool:
 
 
 def load_sharded_state(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | MuonAdamW, info: DistInfo
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | MuonAdamW,
+    info: DistInfo,
+    rows_changed: bool = False,
 ) -> None:
-    """Fill this rank's optimizer state (and the model, if the directory holds it) in place."""
+    """Fill this rank's optimizer state (and the model, if the directory holds it) in place.
+    rows_changed: the state was saved with the other row order (tensor parallelism on one side
+    only, models/row_layouts.py); the model then comes from model.safetensors instead."""
     if not (directory / ".metadata").is_file():
         raise CheckpointError(
             f"{directory.parent} has no {SHARDED_DIR}/ to resume from; start a new run from its "
             "weights with --init_from instead"
         )
+    if rows_changed:
+        _load_reordered_optimizer(directory, model, optimizer)
+        return
     owned = list(_owned_parameters(model, optimizer))
     template = {name: _state_template(inner, param) for name, param, inner in owned}
     state: dict = {"optimizer": template}
@@ -107,6 +117,33 @@ def load_sharded_state(
         # Fused and capturable AdamW keep `step` on the parameter's device; the others on the CPU.
         if "step" in loaded and (inner.defaults.get("fused") or inner.defaults.get("capturable")):
             loaded["step"] = loaded["step"].to(param.device)
+        inner.state[param] = loaded
+
+
+def _load_reordered_optimizer(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer | MuonAdamW
+) -> None:
+    """Optimizer state saved in the other row order: one parameter's full state at a time (never
+    the whole), put into the plain order, then this rank's part in the current order."""
+    orders, current = tensor_parallel_rows(model), current_rows(model)
+    for name, param, inner in _owned_parameters(model, optimizer):
+        full = {
+            key: torch.zeros((), dtype=torch.float32) if key == "step" else torch.zeros(param.shape)
+            for key in _state_keys(inner)
+        }
+        with _quiet_single_process():  # each rank reads alone: ZeRO-1 ranks own other names
+            safe_dcp_load({"optimizer": {name: full}}, directory, no_dist=True)
+        loaded = {}
+        for key, tensor in full.items():
+            if key != "step":
+                if name in orders and not current:  # saved with tensor parallelism: undo it
+                    plain = torch.empty_like(tensor)
+                    plain[orders[name]] = tensor
+                    tensor = plain
+                local = torch.zeros_like(param)
+                fill_from_full(local, tensor.to(local_part(local).device), current.get(name))
+                tensor = local
+            loaded[key] = tensor
         inner.state[param] = loaded
 
 

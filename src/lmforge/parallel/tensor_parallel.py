@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -32,7 +32,8 @@ from torch.distributed.tensor.parallel import (
 
 from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig, layer_configs
-from lmforge.models.row_layouts import use_tensor_parallel_rows
+from lmforge.models.lora import lora_layers
+from lmforge.models.row_layouts import tensor_parallel_rows, use_tensor_parallel_rows
 
 
 def check_tensor_parallel(config: ModelConfig, degree: int, sequence_parallel: bool) -> None:
@@ -68,8 +69,17 @@ def check_tensor_parallel(config: ModelConfig, degree: int, sequence_parallel: b
 
 
 def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, sequence_parallel: bool) -> None:
-    """Split `model` (on any device, meta included) over the 1-D `mesh`, in place."""
+    """Split `model` (on any device, meta included) over the 1-D `mesh`, in place. A model that
+    already holds weights (fine-tuning builds it whole) has its fused rows regrouped first."""
+    if not model.token_embedding.weight.is_meta:
+        with torch.no_grad():
+            for name, rows in tensor_parallel_rows(model).items():
+                tensor = model.get_parameter(name)
+                tensor.copy_(tensor[rows])
     use_tensor_parallel_rows(model)
+    # parallelize_module re-registers parameters, and SequenceParallel makes every one trainable:
+    # LoRA's frozen base must stay frozen.
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     between = Shard(1) if sequence_parallel else Replicate()  # the residual stream's layout
     local = not sequence_parallel  # plain tensors between sub-layers unless sequence-split
     tied = model.config.tie_embeddings
@@ -93,6 +103,24 @@ def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh, sequence_parallel:
         parallelize_module(block, mesh, after)
         if block.config.attention == "mla":
             _sum_rope_key_gradients(block.attn, mesh.get_group())
+    _place_adapters(model, mesh)
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable[name])
+
+
+def _place_adapters(model: nn.Module, mesh: DeviceMesh) -> None:
+    """LoRA beside a split linear: in a column-wise one, A stays whole and B splits with the
+    output rows; in a row-wise one, A splits with the input columns and B stays whole."""
+    for _, module in lora_layers(model):
+        column_wise = module.weight.placements[0] == Shard(0)
+        placements = ([Replicate()], [Shard(0)]) if column_wise else ([Shard(1)], [Replicate()])
+        for key, placement in zip(("lora_a", "lora_b"), placements, strict=True):
+            tensor = getattr(module, key)
+            if isinstance(tensor, DTensor):
+                tensor = tensor.redistribute(mesh, placement)
+            else:
+                tensor = distribute_tensor(tensor, mesh, placement)
+            module.register_parameter(key, nn.Parameter(tensor, requires_grad=True))
 
 
 class _SumGradientColumns(torch.autograd.Function):
@@ -125,6 +153,15 @@ def _sum_rope_key_gradients(attn: nn.Module, group) -> None:
     attn.kv_down.register_forward_hook(hook)
 
 
+class _RowwiseParallel(RowwiseParallel):
+    """RowwiseParallel that skips a LoRA linear's dropout submodule (torch's visits every
+    submodule of the linear and expects each to have a weight)."""
+
+    def _partition_linear_fn(self, name, module, device_mesh):
+        if isinstance(module, nn.Linear):
+            super()._partition_linear_fn(name, module, device_mesh)
+
+
 def _block_plan(block: nn.Module, between, local: bool, sequence_parallel: bool):
     """(plan for the block, a second plan for modules that need a hook on each side)."""
     gather_args = PrepareModuleInput(
@@ -135,7 +172,7 @@ def _block_plan(block: nn.Module, between, local: bool, sequence_parallel: bool)
     gather = PrepareModuleInput(
         input_layouts=(between,), desired_input_layouts=(Replicate(),), use_local_output=True
     )
-    out = RowwiseParallel(output_layouts=between, use_local_output=local)
+    out = _RowwiseParallel(output_layouts=between, use_local_output=local)
     plan: dict = {"attn.out": out}
     after: dict = {}
     if sequence_parallel:

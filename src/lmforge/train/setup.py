@@ -23,6 +23,7 @@ from lmforge.checkpoint.run_state import (
     check_resumable,
     latest_intact_checkpoint,
     restore_sharded,
+    rows_changed,
     step_checkpoints,
     weights_before_parallelize,
 )
@@ -113,7 +114,8 @@ class TrainSetup:
         """Optimizer, loader, RNG (and FSDP's model) from a checkpoint; returns the counters
         (step, best_val_loss, tokens_seen, lr_scale)."""
         if optimizer_too:
-            restore_sharded(directory, self.model, self.optimizer, self.info)
+            changed = rows_changed(state, self.run.parallel.tensor_parallel)
+            restore_sharded(directory, self.model, self.optimizer, self.info, changed)
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -213,7 +215,7 @@ def build_model(
 
 
 def starting_weights(
-    info: DistInfo, init_from: str | None, last: Path | None, reset_optimizer: bool
+    info: DistInfo, init_from: str | None, last: Path | None, reload_whole: bool
 ) -> Callable[[Transformer], None]:
     """What `parallelize` calls on a meta-built model once each rank's share is known: allocate
     it, draw the seeded init, then read this rank's slices of the resumed or --init_from weights.
@@ -222,7 +224,7 @@ def starting_weights(
     def start(model: Transformer) -> None:
         materialize(model, info.device)
         if last is not None:
-            if reset_optimizer or not holds_model(last / SHARDED_DIR):
+            if reload_whole or not holds_model(last / SHARDED_DIR):
                 _load(model, *open_weights(last), str(last))
         elif init_from:
             _load(model, *open_weights(init_from), init_from)
@@ -267,7 +269,8 @@ def set_up(
     start = None
     if objective.builds_on_meta:  # nothing is allocated until each rank knows its share
         model = build_on_meta(run.model)
-        start = starting_weights(info, init_from, last, reset_optimizer)
+        changed = state is not None and rows_changed(state, run.parallel.tensor_parallel)
+        start = starting_weights(info, init_from, last, reset_optimizer or changed)
     else:
         model = build_model(run, info.device, init_from, objective, last, reset_optimizer)
     flops_token = flops_per_token(model, seq_len)
