@@ -24,8 +24,13 @@ TENSOR_PARALLEL = ["--parallel.strategy", "fsdp", "--parallel.tensor_parallel", 
     [("ddp", [], "2 ranks x 1 accumulation"), ("tp", TENSOR_PARALLEL, "1 ranks x 2 accumulation")],
 )
 def test_lora_sft_two_ranks_equal_one_process(
-    tmp_path, tiny_base, alpaca_file, layout, flags, shown
-):  # noqa: F811
+    tmp_path,
+    tiny_base,  # noqa: F811
+    alpaca_file,  # noqa: F811
+    layout,
+    flags,
+    shown,
+):
     sections = {"finetune": {"init_from": str(tiny_base), "lora": {"enabled": True}}}
     finetune_toml(tmp_path / "run.toml", "sft", alpaca_file, "unused", **sections)
     args = ["finetune", "sft", "--config", "run.toml", "--train.out_dir"]
