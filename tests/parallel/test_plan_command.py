@@ -49,6 +49,17 @@ def test_cpu_budget_is_host_memory_shared_by_the_ranks(capsys, monkeypatch) -> N
     assert "offload" not in out  # the host is the device: nothing to offload to
 
 
+def test_gpu_budget_is_the_visible_gpu(capsys, monkeypatch) -> None:
+    cuda = plan_report.torch.cuda
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "mem_get_info", lambda device: (30 * 2**30, 40 * 2**30))
+    monkeypatch.setattr(cuda, "get_device_name", lambda device: "Test GPU")
+    assert main(["plan", "--config", "tiny", "--nproc-per-node", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "bf16" in out and "budget 40.00 GiB per rank (Test GPU)" in out
+    assert "fsdp+offload" in out
+
+
 def test_refuses_in_one_line_and_says_how_many_ranks_would_do(capsys, monkeypatch) -> None:
     monkeypatch.setattr(plan_report.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(plan_report, "host_memory_available", lambda: 16 * 2**30)

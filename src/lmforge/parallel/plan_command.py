@@ -26,9 +26,7 @@ class PlanCommand:
     nnodes: int = 1
     """Machines."""
     gpu_memory: str | None = None
-    """Memory of one GPU, e.g. 80GiB, 24GB, 141 GiB: plan for GPUs of that size. Default: the
-    visible GPU's memory, or on a CPU-only machine the host's available memory divided by
-    --nproc-per-node."""
+    """One GPU's memory, e.g. 80GiB or 24GB. Default: the visible GPU's, else host memory / ranks."""
 
 
 UNITS = {
