@@ -111,12 +111,11 @@ def measure(work: Path, text: Path, checkpoint: Path, model: dict, strategy: str
 def estimate(args: list[str], strategy: str, ranks: int) -> float:
     """The planner's total for the same run config as the ranks parsed it."""
     from lmforge.cli import parse
-    from lmforge.parallel.planner import Layout, plan_input
-    from lmforge.parallel.planner import estimate as planned
+    from lmforge.parallel.planner import Layout, estimate_plan, plan_input
     from lmforge.train.commands import TrainCommand
 
     run = parse(TrainCommand, args[1:], "lmforge train").run
-    return planned(plan_input(run, ranks, "cpu"), Layout(strategy)).total
+    return estimate_plan(plan_input(run, ranks, "cpu"), Layout(strategy)).total
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ from lmforge.parallel.planner import (
     PlanInput,
     count_model,
     estimate,
+    estimate_plan,
     layouts,
     startup_warning,
 )
@@ -46,32 +47,32 @@ def test_counts_of_a_tiny_model_by_hand() -> None:
 
 def test_model_states_per_strategy_at_four_ranks_by_hand() -> None:
     P = 7248
-    ddp = estimate(hand_plan(4), Layout("ddp"))
+    ddp = estimate_plan(hand_plan(4), Layout("ddp"))
     # fp32 weights; gradients plus DDP's bucket copy; AdamW's two fp32 moments
     assert (ddp.parameters, ddp.gradients, ddp.optimizer) == (4 * P, 8 * P, 8 * P)
     # ZeRO-1 deals the matrices out largest first to the emptiest rank (4 x 1,024, then 768,
     # 768, 512, 512, 256, 256: 1,792 each), then the five norms of 16: one rank gets two, 1,824.
-    zero1 = estimate(hand_plan(4), Layout("zero1"))
+    zero1 = estimate_plan(hand_plan(4), Layout("zero1"))
     assert (zero1.parameters, zero1.gradients, zero1.optimizer) == (4 * P, 8 * P, 8 * 1824)
-    fsdp = estimate(hand_plan(4), Layout("fsdp"))
+    fsdp = estimate_plan(hand_plan(4), Layout("fsdp"))
     assert (fsdp.parameters, fsdp.gradients, fsdp.optimizer) == (P, P, 2 * P)
     # one rank: no DDP buckets (a plain model)
-    assert estimate(hand_plan(1), Layout("ddp")).gradients == 4 * P
+    assert estimate_plan(hand_plan(1), Layout("ddp")).gradients == 4 * P
 
 
 def test_fsdp_transient_and_accumulation_by_hand() -> None:
     P, block, root = 7248, 2592, 2064
-    fsdp = estimate(hand_plan(4, dtype="bf16"), Layout("fsdp"))
+    fsdp = estimate_plan(hand_plan(4, dtype="bf16"), Layout("fsdp"))
     # two gathered bf16 blocks, the bf16 root gathered with its bf16 gradients, and one block's
     # bf16 gradients with their fp32 copy for the reduce-scatter
     assert fsdp.transient == 2 * 2 * block + 2 * 2 * root + (2 + 4) * block
-    accumulating = estimate(hand_plan(4, accumulation=2), Layout("fsdp"))
+    accumulating = estimate_plan(hand_plan(4, accumulation=2), Layout("fsdp"))
     assert accumulating.gradients == 4 * P / 4 + 4 * P  # the unsharded fp32 gradients, too
 
 
 def test_muon_keeps_one_moment_for_the_layer_matrices() -> None:
     # Muon: qkv, out, up, down of both layers (2 x 2,560); AdamW: the rest
-    muon = estimate(hand_plan(1, optimizer="muon"), Layout("ddp"))
+    muon = estimate_plan(hand_plan(1, optimizer="muon"), Layout("ddp"))
     assert muon.optimizer == 4 * 5120 + 8 * (7248 - 5120)
 
 
@@ -85,6 +86,13 @@ def test_layouts_fastest_first_and_only_trainable_ones() -> None:
     assert "fsdp" not in {x.strategy for x in layouts(hand_plan(8, dtype="fp16", device="cuda"))}
 
 
+def test_keyword_form_for_a_model_config() -> None:
+    """estimate(config, layout, world_size=..., ...): the form the GPU check's meta-fsdp stage calls."""
+    direct = estimate(HAND, Layout("fsdp", "full"), world_size=4, micro_batch=2, seq_len=8)
+    plan = PlanInput(HAND, 2, 8, "bf16", "adamw", 4, "cuda")
+    assert direct == estimate_plan(plan, Layout("fsdp", "full"))
+
+
 @pytest.mark.parametrize("preset", ["llama3.2-1b", "deepseek-v2-lite", "gpt2"])
 def test_more_ranks_never_more_memory_per_rank_under_fsdp(preset: str) -> None:
     model = model_preset(preset)
@@ -93,7 +101,7 @@ def test_more_ranks_never_more_memory_per_rank_under_fsdp(preset: str) -> None:
     counts = count_model(model)
     for layout in (Layout("fsdp", mode, offload) for mode in CHECKPOINTING for offload in (0, 1)):
         totals = [
-            estimate(dataclasses.replace(plan, world_size=n), layout, counts).total
+            estimate_plan(dataclasses.replace(plan, world_size=n), layout, counts).total
             for n in (1, 2, 4, 8, 64, 1024)
         ]
         assert totals == sorted(totals, reverse=True), (layout, totals)
@@ -139,7 +147,7 @@ def test_estimate_against_torch_memory_tracker(mode: str, dtype: str) -> None:
     part, so the sum is above the peak, by up to 60% for this small model."""
     config = ModelConfig(vocab_size=512, dim=128, num_layers=3, num_heads=4, num_kv_heads=2)
     plan = PlanInput(config, 4, 64, dtype, "adamw", 1, "cpu")
-    planned = estimate(plan, Layout("ddp", mode))
+    planned = estimate_plan(plan, Layout("ddp", mode))
     tracked = _tracked_peak(config, mode, dtype)
     activations = planned.activations + planned.transient  # the bf16 weight copies
     total = planned.parameters + planned.gradients + activations

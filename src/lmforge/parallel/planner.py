@@ -157,7 +157,28 @@ def optimizer_state_bytes(counts: ModelCounts, optimizer: str) -> int:
     return 2 * FP32 * counts.parameters
 
 
-def estimate(plan: PlanInput, layout: Layout, counts: ModelCounts | None = None) -> Estimate:
+def estimate(
+    config: ModelConfig,
+    layout: Layout,
+    *,
+    world_size: int = 1,
+    micro_batch: int = 1,
+    seq_len: int | None = None,
+    dtype: str = "bf16",
+    optimizer: str = "adamw",
+    device: str = "cuda",
+    accumulation: int = 1,
+) -> Estimate:
+    """Peak bytes per rank of training `config` (vocabulary set) with `layout`; `seq_len`
+    defaults to the model's context. For a run config, plan_input() and estimate_plan()."""
+    plan = PlanInput(
+        config, micro_batch, seq_len or config.context_length, dtype, optimizer, world_size,
+        device, accumulation,
+    )  # fmt: skip
+    return estimate_plan(plan, layout)
+
+
+def estimate_plan(plan: PlanInput, layout: Layout, counts: ModelCounts | None = None) -> Estimate:
     """Peak bytes per rank of `plan` trained with `layout` (see the module docstring)."""
     counts = counts or count_model(plan.model)
     tp = layout.tensor_parallel
@@ -208,7 +229,7 @@ def layouts(plan: PlanInput) -> list[Layout]:
 
 def plan_layouts(plan: PlanInput) -> list[Estimate]:
     counts = count_model(plan.model)
-    return [estimate(plan, layout, counts) for layout in layouts(plan)]
+    return [estimate_plan(plan, layout, counts) for layout in layouts(plan)]
 
 
 def fastest_fit(estimates: list[Estimate], budget: float) -> Estimate | None:
@@ -218,7 +239,9 @@ def fastest_fit(estimates: list[Estimate], budget: float) -> Estimate | None:
 
 def ranks_to_fit(plan: PlanInput, layout: Layout, budget: float) -> int | None:
     """The fewest ranks at which `layout` (a sharding one) fits, or None if no count does."""
-    one, two = (estimate(dataclasses.replace(plan, world_size=n), layout).total for n in (1, 2))
+    one, two = (
+        estimate_plan(dataclasses.replace(plan, world_size=n), layout).total for n in (1, 2)
+    )
     sharded = 2 * (one - two)  # the part that divides by the number of ranks
     fixed = one - sharded
     if fixed >= budget or sharded <= 0:
@@ -302,7 +325,9 @@ def startup_warning(run: RunConfig, world_size: int, device: torch.device) -> st
     torchrun's LOCAL_WORLD_SIZE. A warning never stops a run: the estimate is conservative.
     """
     parallel = run.parallel
-    layout = Layout(parallel.strategy, parallel.activation_checkpointing, parallel.cpu_offload)
+    # tensor_parallel: where the config has it (the planner divides by it; it offers none)
+    tp = getattr(parallel, "tensor_parallel", 1)
+    layout = Layout(parallel.strategy, parallel.activation_checkpointing, parallel.cpu_offload, tp)
     ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     budget, source = device_budget(device, max(1, ranks_per_node))
     if budget is None:
@@ -311,7 +336,7 @@ def startup_warning(run: RunConfig, world_size: int, device: torch.device) -> st
         plan = plan_input(run, world_size, "cuda" if device.type == "cuda" else "cpu")
     except ConfigError:
         return None  # e.g. a vocabulary the planner cannot know; the run checks the config itself
-    need = estimate(plan, layout).total
+    need = estimate_plan(plan, layout).total
     if need <= budget:
         return None
     better = fastest_fit(plan_layouts(plan), budget)
