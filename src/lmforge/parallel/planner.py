@@ -22,9 +22,10 @@ micro-steps accumulate; with one micro-step per optimizer step the true peak can
 smaller of the two. `cpu_offload` moves FSDP's shards (parameters, gradients, optimizer) to host
 memory, which is reported apart from the device's.
 
-Tensor parallelism is not implemented in lmforge yet. `Layout.tensor_parallel` is where it will
-enter: it divides each rank's share of the model and of the activations, and the data-parallel
-degree becomes world_size / tensor_parallel. `layouts()` offers only tensor_parallel = 1.
+Tensor parallelism is priced only roughly and never offered: `Layout.tensor_parallel` divides
+each rank's share of the model and of the activations (as if sequence parallelism split the
+norms too), and the data-parallel degree becomes world_size / tensor_parallel. `layouts()`
+offers only tensor_parallel = 1; TP layouts come when their estimate is checked against runs.
 """
 
 from __future__ import annotations
