@@ -29,6 +29,7 @@ from lmforge.finetune.commands import FinetuneCommand, MergeCommand
 from lmforge.inference.commands import ChatCommand, SampleCommand
 from lmforge.interop.commands import ConvertCommand, ExportCommand, run_convert, run_export
 from lmforge.models.commands import PresetsCommand
+from lmforge.parallel.plan_command import PlanCommand
 from lmforge.serve.options import ServeCommand
 from lmforge.train.commands import PlotCommand, PrepareCommand, TrainCommand
 
@@ -146,6 +147,15 @@ def run_presets(command: PresetsCommand) -> None:
     print_presets_table(command.seq_len, command.gpus)
 
 
+def run_plan(command: PlanCommand) -> None:
+    from lmforge.parallel.plan_report import plan_report
+
+    lines, refusal = plan_report(command)
+    print("\n".join(lines))
+    if refusal:  # the table above shows why; the refusal is the one-line error
+        raise LmforgeError(refusal)
+
+
 COMMANDS: dict[str, tuple[type, Callable]] = {
     "train": (TrainCommand, run_train),
     "prepare": (PrepareCommand, run_prepare),
@@ -157,6 +167,7 @@ COMMANDS: dict[str, tuple[type, Callable]] = {
     "eval": (EvalCommand, run_eval),
     "plot": (PlotCommand, run_plot),
     "presets": (PresetsCommand, run_presets),
+    "plan": (PlanCommand, run_plan),
     "convert": (ConvertCommand, run_convert),
     "export": (ExportCommand, run_export),
     "consolidate": (ConsolidateCommand, run_consolidate),
