@@ -16,6 +16,7 @@ from lmforge.checkpoint.pretrained import load_pretrained, open_weights
 from lmforge.config import ParallelConfig
 from lmforge.models.counting import build_on_meta
 from lmforge.models.presets import model_preset
+from lmforge.models.row_layouts import current_rows
 from lmforge.models.transformer import Transformer
 from lmforge.parallel.dist import DistInfo
 from lmforge.parallel.materialize import load_local, local_index, local_part, materialize
@@ -23,12 +24,15 @@ from lmforge.parallel.parallelize import parallelize
 
 
 def check_shards(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> list[str]:
-    """Names whose local shard differs from the same slice of the one-process tensor."""
-    return [
-        name
-        for name, tensor in model.state_dict().items()
-        if not torch.equal(local_part(tensor), expected[name][local_index(tensor)])
-    ]
+    """Names whose local shard differs from the same slice of the one-process tensor (in the
+    tensor-parallel row order where the model uses it)."""
+    rows = current_rows(model)
+    wrong = []
+    for name, tensor in model.state_dict().items():
+        full = expected[name][rows[name]] if name in rows else expected[name]
+        if not torch.equal(local_part(tensor), full[local_index(tensor)]):
+            wrong.append(name)
+    return wrong
 
 
 def main(hf_dir: str, out: str) -> None:
@@ -55,6 +59,17 @@ def main(hf_dir: str, out: str) -> None:
 
     parallelize(model, ParallelConfig(strategy="fsdp"), info, "fp32", False, start)
     report["load"] = check_shards(model, expected)
+    # The same directory into a 2-way tensor-parallel model (x FSDP over the rest).
+    tp_info = DistInfo(rank, rank, world, torch.device("cpu"), "gloo", tensor_parallel=2)
+    model = build_on_meta(config)
+
+    def start_tp(m):
+        materialize(m, info.device)
+        report["tp bytes_read"] = load_local(m, source, hf_dir)
+
+    layout = ParallelConfig(strategy="fsdp", tensor_parallel=2)
+    parallelize(model, layout, tp_info, "fp32", False, start_tp)
+    report["tp load"] = check_shards(model, expected)
     report["total_bytes"] = sum(t.numel() * t.element_size() for t in expected.values())
     report["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     Path(out, f"rank{rank}.json").write_text(json.dumps(report))

@@ -153,7 +153,13 @@ def _fully_shard(
         options["offload_policy"] = CPUOffloadPolicy()
     for block in model.layers:
         fully_shard(block, **options)
-    fully_shard(model, **options)  # the embeddings, final norm and (tied) head
+    if not model.config.tie_embeddings:
+        # Units of their own, so the vocabulary-sized tensors and their gradients are gathered
+        # only while used, not for the whole step as the root's are. The head is needed again
+        # first thing in backward, so it stays gathered in between.
+        fully_shard(model.token_embedding, **options)
+        fully_shard(model.lm_head, reshard_after_forward=False, **options)
+    fully_shard(model, **options)  # the rest: final norm, positions, a tied embedding and head
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:

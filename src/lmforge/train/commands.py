@@ -22,7 +22,8 @@ class TrainCommand:
     resume: bool = False
     """Continue the run in train.out_dir from its last checkpoint, exactly."""
     init_from: str | None = None
-    """Start a new run from the weights of this checkpoint (or run) directory."""
+    """Start a new run from these weights: a checkpoint or run directory, a Hugging Face directory or
+    a GGUF file (model shapes must match the run's; each rank reads only its shards)."""
     start_step: int | None = None
     """Set the step counter (learning-rate schedule, train.max_steps) of the resumed or new run."""
     reset_optimizer: bool = False

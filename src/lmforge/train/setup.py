@@ -35,6 +35,7 @@ from lmforge.optim.optimizers import build_optimizer
 from lmforge.parallel.dist import DistInfo, decided_by_main, elastic_restart_count
 from lmforge.parallel.materialize import load_local, materialize
 from lmforge.parallel.parallelize import ParallelModel, layout_name, parallelize
+from lmforge.parallel.planner import startup_warning
 from lmforge.parallel.sharded_state import SHARDED_DIR, holds_model
 from lmforge.runtime import (
     autocast_context,
@@ -264,6 +265,9 @@ def set_up(
     autocast = autocast_context(info.device, run.train.dtype)
     torch.manual_seed(run.train.seed)
     run, tokenizer, seq_len, accumulation = prepare_data(run, info, objective)
+    warning = startup_warning(run, info.world_size, info.device)  # the memory planner's estimate
+    if warning and info.is_main:
+        tqdm.write(f"warning: {warning}")
     cfg = run.train
     last, state = resume_point(run, info, reset_optimizer) if resume else (None, None)
     start = None
