@@ -79,6 +79,7 @@ RANGES: dict[str, Rule] = {
     "finetune.lora.rank": AT_LEAST_ONE,
     "finetune.lora.alpha": POSITIVE,
     "finetune.lora.dropout": BETA,
+    "parallel.tensor_parallel": AT_LEAST_ONE,
 }
 
 

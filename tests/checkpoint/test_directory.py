@@ -107,13 +107,13 @@ def test_interrupted_save_never_breaks_last(tmp_path, monkeypatch):
     checkpoints = tmp_path / "run" / "checkpoints"
     first, second = trained_like("tiny-llama", seed=1), trained_like("tiny-llama", seed=2)
     save_step(checkpoints, first, 1)
-    original = safetensors.torch.save_model
+    original = safetensors.torch.save_file
 
-    def crash_after_staging(model, filename, *args, **kwargs):
-        original(model, filename, *args, **kwargs)  # the weights are staged...
+    def crash_after_staging(tensors, filename, *args, **kwargs):
+        original(tensors, filename, *args, **kwargs)  # the weights are staged...
         raise KeyboardInterrupt  # ...and the process dies before the rename
 
-    monkeypatch.setattr(safetensors.torch, "save_model", crash_after_staging)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_after_staging)
     with pytest.raises(KeyboardInterrupt):
         save_step(checkpoints, second, 2)
     monkeypatch.undo()

@@ -81,16 +81,43 @@ def test_a_mesh_checkpoint_resumes_at_another_mesh_shape(workdir):
     assert_same_run(resumed, single(workdir, "tiny-llama"), TOLERANCE)
 
 
+def test_a_tensor_parallel_checkpoint_resumes_without_it_and_back(workdir):
+    """The other row order on each side: the weights come from model.safetensors and the AdamW
+    moments are reordered one tensor at a time; both runs end where the uninterrupted one does."""
+    reference = single(workdir, "tiny-llama")
+    tp = workdir / "tp2-tiny-llama"
+    if not tp.exists():
+        check(run_launched(*train_args(tp.name, "tiny-llama", *tensor_parallel(2)), cwd=workdir))
+    plain = rewind(tp, workdir / "tp-to-fsdp", step=5)
+    args = train_args(plain.name, "tiny-llama", "--resume", "--parallel.strategy", "fsdp")
+    check(run_launched(*args, cwd=workdir))
+    assert_same_run(plain, reference, TOLERANCE)
+    back = rewind(reference, workdir / "single-to-tp", step=5)
+    check(
+        run_launched(
+            *train_args(back.name, "tiny-llama", "--resume", *tensor_parallel(2)), cwd=workdir
+        )
+    )
+    assert_same_run(back, reference, TOLERANCE)
+
+
 @pytest.mark.parametrize(
     ("flags", "fragments"),
     [
-        (tensor_parallel(3), ["tensor_parallel=3", "2 ranks"]),
+        (tensor_parallel(3), ["tensor_parallel=3", "1 ranks"]),
         (["--parallel.tensor_parallel", "2"], ["tensor_parallel=2", "fsdp"]),
-        (tensor_parallel(2, "--model.num_kv_heads", "1"), ["num_kv_heads=1", "divide"]),
         (tensor_parallel(0), ["tensor_parallel", ">= 1"]),
     ],
 )
 def test_impossible_tensor_parallel_settings_are_one_line_errors(workdir, flags, fragments):
-    result = run_launched(*train_args("bad-tp", "tiny-llama", *flags), cwd=workdir)
-    assert result.returncode != 0
+    result = run_single(*train_args("bad-tp", "tiny-llama", *flags), cwd=workdir)
+    assert result.returncode == 2
     assert_one_line_error(result.stderr, *fragments)
+    assert not (workdir / "bad-tp" / "checkpoints").exists()
+
+
+def test_heads_a_degree_cannot_split_are_one_line_errors(workdir):
+    args = train_args("bad-heads", "tiny-llama", *tensor_parallel(2, "--model.num_kv_heads", "1"))
+    result = run_launched(*args, cwd=workdir)
+    assert result.returncode != 0
+    assert_one_line_error(result.stderr, "num_kv_heads=1", "divide")
