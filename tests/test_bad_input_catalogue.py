@@ -56,7 +56,10 @@ CATALOGUE = {
         ["unknown config key 'model.num_layer'; did you mean 'model.num_layers'?"],
     ),
     "wrong-type": (lambda w: train(w, "--train.max_steps", "ten"), ["--train.max_steps", "'ten'"]),
-    "zero-width": (lambda w: train(w, "--model.dim", "0"), ["model.dim must be positive"]),
+    "zero-width": (
+        lambda w: train(w, "--model.dim", "0"),
+        ["model.dim must be in [1, 16,777,216], got 0"],
+    ),
     "negative-batch": (
         lambda w: train(w, "--train.micro_batch_size", "-1"),
         ["train.micro_batch_size must be >= 1, got -1"],

@@ -10,26 +10,26 @@ sampling options of sample/chat/serve have their own shared validator in samplin
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmforge._validate import (
+    AT_LEAST_ONE,
+    BETA,
+    FACTOR,
+    FRACTION_CLOSED,
+    FRACTION_OPEN,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    check_number,
+)
 from lmforge.errors import ConfigError
 from lmforge.models.counting import build_on_meta, count_parameters
+from lmforge.models.ranges import MODEL_RANGES
 from lmforge.runtime import check_device
-
-Rule = tuple[Callable[[float], bool], str]
-
-POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
-NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
-AT_LEAST_ONE: Rule = (lambda v: v >= 1, "must be >= 1")
-FRACTION_OPEN: Rule = (lambda v: 0 < v < 1, "must be in (0, 1)")
-FRACTION_CLOSED: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
-BETA: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
-FACTOR: Rule = (lambda v: 0 < v <= 1, "must be in (0, 1]")
 
 # "section.field": rule. None is always allowed for optional fields (it means "the default").
 RANGES: dict[str, Rule] = {
@@ -79,6 +79,8 @@ RANGES: dict[str, Rule] = {
     "finetune.lora.rank": AT_LEAST_ONE,
     "finetune.lora.alpha": POSITIVE,
     "finetune.lora.dropout": BETA,
+    # every number of the model config, with the same rules for a model read from a file
+    **MODEL_RANGES,
 }
 
 
@@ -89,15 +91,6 @@ def _lookup(config: Any, dotted: str) -> tuple[bool, Any]:
             return False, None
         value = getattr(value, part)
     return True, value
-
-
-def check_number(key: str, value: Any, rule: Rule) -> None:
-    """ConfigError unless `value` is None or a finite number that satisfies `rule`."""
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    allowed, description = rule
-    if not math.isfinite(value) or not allowed(value):
-        raise ConfigError(f"{key} {description}, got {value}; set --{key} (or the TOML key) to one")
 
 
 def check_ranges(config: Any) -> None:

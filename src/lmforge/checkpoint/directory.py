@@ -35,6 +35,7 @@ from lmforge._validate import from_dict
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig
+from lmforge.models.ranges import check_model_file
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.tokenizer.base import DESCRIPTOR
@@ -256,8 +257,11 @@ def _holds_model_shards(directory: Path) -> bool:
 
 
 def read_model_config(directory: Path) -> ModelConfig:
-    data = read_json_object(Path(directory) / CONFIG_FILE)
-    return from_dict(ModelConfig, data, str(Path(directory) / CONFIG_FILE), "model.")
+    """The checkpoint's model config, checked (types, ranges, shapes) before anything is built."""
+    path = Path(directory) / CONFIG_FILE
+    config = from_dict(ModelConfig, read_json_object(path), str(path), "model.")
+    check_model_file(config, str(path))
+    return config
 
 
 def load_weights(model: nn.Module, directory: Path) -> None:

@@ -69,7 +69,7 @@ def import_hf(directory: str | Path, out_dir: str | Path) -> Path:
         )
     check_out_dir(Path(out_dir))  # before the expensive reads
     hf_config = read_json(directory / "config.json")
-    config = model_config_from_hf(hf_config)
+    config = model_config_from_hf(hf_config, str(directory / "config.json"))
     tokenizer = load_hf_dir_tokenizer(directory, hf_config)
     if tokenizer.vocab_size > config.vocab_size:  # cheap check before reading the weights
         raise CheckpointError(
