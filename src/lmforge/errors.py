@@ -52,5 +52,9 @@ class CheckpointError(LmforgeError):
     """Missing, incomplete or incompatible checkpoint."""
 
 
+class ResourceError(LmforgeError):
+    """The machine lacks what the work needs (e.g. the memory for a model's weights)."""
+
+
 class TrainingError(LmforgeError):
     """Training cannot go on (e.g. the loss stayed non-finite); the message is the report."""

@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from lmforge._validate import from_dict
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError, ConfigError, one_line
 from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import materialize, refuse_if_too_large
 from lmforge.models.ranges import check_model_file
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer, load_tokenizer
@@ -323,9 +324,10 @@ def load_model(
     directory = find_checkpoint(path)
     verify_checkpoint(directory, required=False)  # checkpoints from elsewhere may have none
     config = read_model_config(directory)
+    refuse_if_too_large(config, str(directory), device=device)
     with torch.device("meta"):
         model = Transformer(config)
-    model = model.to_empty(device=device)
+    model = materialize(model, device, str(directory))
     if config.tie_embeddings:  # re-tie before loading: the file stores the shared tensor once
         model.lm_head.weight = model.token_embedding.weight
     load_weights(model, directory)
@@ -342,12 +344,9 @@ def load_train_state(directory: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
         raise CheckpointError(
-            f"{path} was refused by torch.load(weights_only=True) ({first_line[:160]}); it holds "
-            "more than tensors and plain data, so it was not unpickled: resume from a "
+            f"{path} was refused by torch.load(weights_only=True) ({one_line(error, 160)}); it "
+            "holds more than tensors and plain data, so it was not unpickled: resume from a "
             "checkpoint you made"
         ) from None
 

@@ -17,6 +17,7 @@ from lmforge.formats.hf_config import model_config_from_hf
 from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json
 from lmforge.formats.hf_weights import read_hf_weights, state_dict_from_hf
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -35,6 +36,7 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
         directory = ckpt.find_checkpoint(path)
         ckpt.verify_checkpoint(directory, required=False)
         config = ckpt.read_model_config(directory)
+        refuse_if_too_large(config, str(directory))  # the config first, then the weights
         try:
             state = safetensors.torch.load_file(str(directory / ckpt.MODEL_FILE))
         except (safetensors.SafetensorError, OSError) as error:
@@ -49,6 +51,7 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
     if kind == "hf":
         hf_config = read_json(path / "config.json")
         config = model_config_from_hf(hf_config, str(path / "config.json"))
+        refuse_if_too_large(config, str(path))
         weights = read_hf_weights(path)
         state = state_dict_from_hf(
             weights, config, hf_config["model_type"], hf_config.get("rope_interleave")

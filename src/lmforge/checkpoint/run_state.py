@@ -23,6 +23,7 @@ from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.config import RunConfig
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
+from lmforge.models.footprint import materialize, refuse_if_too_large
 from lmforge.models.transformer import Transformer
 from lmforge.optim.optimizers import MuonAdamW
 from lmforge.parallel.dist import DistInfo, barrier
@@ -219,9 +220,10 @@ def consolidate_checkpoint(path: str | Path) -> Path:
             f"{ckpt.MODEL_FILE} is already the full model"
         )
     config = ckpt.read_model_config(directory)
+    refuse_if_too_large(config, str(directory))  # before any work
     with torch.device("meta"):
         model = Transformer(config)
-    model = model.to_empty(device="cpu")
+    model = materialize(model, "cpu", str(directory))
     if config.tie_embeddings:
         model.lm_head.weight = model.token_embedding.weight
     for tensor in model.state_dict().values():  # no uninitialised memory, even if a check failed

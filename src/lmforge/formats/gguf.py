@@ -27,6 +27,7 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.formats.gguf_tokenizer import tokenizer_from_gguf
 from lmforge.formats.hf_weights import check_shapes
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.positions import rope_inverse_frequencies
 from lmforge.models.ranges import check_model_file, check_source_numbers
 from lmforge.models.transformer import Transformer
@@ -257,6 +258,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
     check_source_numbers(meta, {f"{arch}.{k}": v for k, v in _NUMBERS.items()}, str(path))
     config = _config(meta, arch, tensors)
     check_model_file(config, str(path))
+    refuse_if_too_large(config, str(path))  # before any tensor is dequantized
     state = {}
     for ours, parts in gguf_layout(config, arch):
         pieces = []

@@ -24,6 +24,7 @@ from lmforge.formats.hf_config import hf_config_from_model_config, model_config_
 from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json, write_hf_tokenizer
 from lmforge.formats.hf_weights import read_hf_weights, state_dict_from_hf, state_dict_to_hf
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
 
@@ -70,6 +71,7 @@ def import_hf(directory: str | Path, out_dir: str | Path) -> Path:
     check_out_dir(Path(out_dir))  # before the expensive reads
     hf_config = read_json(directory / "config.json")
     config = model_config_from_hf(hf_config, str(directory / "config.json"))
+    refuse_if_too_large(config, str(directory))
     tokenizer = load_hf_dir_tokenizer(directory, hf_config)
     if tokenizer.vocab_size > config.vocab_size:  # cheap check before reading the weights
         raise CheckpointError(

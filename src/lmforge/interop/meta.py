@@ -22,6 +22,7 @@ from lmforge.formats.hf_tokenizer import read_json
 from lmforge.formats.hf_weights import load_weight_file, state_dict_from_hf
 from lmforge.interop.hf_dir import write_checkpoint
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.ranges import FILE_FIX, check_model_file, check_source_numbers
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
@@ -229,8 +230,11 @@ def import_meta(directory: str | Path, out_dir: str | Path) -> Path:
     params = read_json(source)
     if "dim" not in params:
         raise ConfigError(f"{source} has no 'dim'; pass Meta's own params.json")
-    check_params(params, str(source))  # before the shards are read
+    # Checked before the shards are read: with Llama 2's vocab_size -1 one row stands in for the
+    # vocabulary, so the memory check is a lower bound until the embedding's rows are known.
+    check_params(params, str(source))
     vocab = params.get("vocab_size") or -1
+    refuse_if_too_large(config_from_params(params, max(vocab, 1), False, str(source)), str(source))
     paths = _shard_paths(directory)
     tokenizer = load_meta_tokenizer(directory / "tokenizer.model")
     state = merge_shards([load_weight_file(p) for p in paths], params["dim"])
