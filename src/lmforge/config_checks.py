@@ -107,25 +107,46 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
+def _check_room(path: Path, key: str, shown: str, bytes_needed: int) -> None:
+    """`path` exists, or can be made (mkdir -p) in its first existing ancestor, which must be a
+    writable directory with `bytes_needed` free."""
+    existing = _first_existing(path)
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{key}={shown} lies under {existing}, which is a file; choose another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={shown}: {existing} is not writable; choose another path")
+    free = shutil.disk_usage(existing).free
+    if free < bytes_needed:
+        raise ConfigError(
+            f"{key}={shown}: {existing} has {free / 2**20:.0f} MiB free but one checkpoint "
+            f"needs about {bytes_needed / 2**20:.0f} MiB; free disk space or choose another path"
+        )
+
+
 def check_out_dir(out_dir: str, checkpoint_bytes: int, key: str = "train.out_dir") -> None:
     """out_dir is (or can become) a writable directory with room for one checkpoint. Nothing is
     created: a refused run leaves the disk as it was."""
     path = Path(out_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={out_dir} is a file, not a directory; choose another path")
-    existing = _first_existing(path)
-    if not existing.is_dir():
-        raise ConfigError(
-            f"{key}={out_dir} lies under {existing}, which is a file; choose another path"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={out_dir}: {existing} is not writable; choose another path")
-    free = shutil.disk_usage(existing).free
-    if free < checkpoint_bytes:
-        raise ConfigError(
-            f"{key}={out_dir}: {existing} has {free / 2**20:.0f} MiB free but one checkpoint "
-            f"needs about {checkpoint_bytes / 2**20:.0f} MiB; free disk space or choose another path"
-        )
+    _check_room(path, key, out_dir, checkpoint_bytes)
+
+
+def check_new_output(out: str | Path, key: str = "--out", is_file: bool = False) -> None:
+    """The output of export, convert or merge, before any work: nothing in the way (no file, and
+    no directory that holds anything), and a writable directory to stage it beside (they write
+    a temporary sibling and rename it into place). Missing parents are fine: they are created."""
+    path = Path(out).expanduser().absolute()
+    if path.exists() or path.is_symlink():
+        if is_file or not path.is_dir():
+            raise ConfigError(f"{key}={out} already exists; choose a new path or remove it first")
+        if any(path.iterdir()):
+            raise ConfigError(
+                f"{key}={out} already exists and is not empty; choose a new path or remove it first"
+            )
+    _check_room(path.parent, key, str(out), 0)
 
 
 def checkpoint_bytes_estimate(run: Any) -> int:

@@ -18,12 +18,13 @@ are swapped atomically, so an interrupted save never breaks `last`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import safetensors
@@ -32,7 +33,8 @@ import torch
 from torch import nn
 
 from lmforge._validate import from_dict
-from lmforge.errors import CheckpointError, ConfigError, one_line
+from lmforge.config_checks import check_new_output
+from lmforge.errors import CheckpointError, one_line
 from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig
 from lmforge.models.footprint import materialize, refuse_if_too_large
@@ -196,11 +198,19 @@ def save_checkpoint(
     info: dict,
     train_state: dict | None = None,
 ) -> Path:
-    """Write a checkpoint under a temporary name, fsync it, then rename it into place."""
+    """Write a checkpoint under a temporary name, fsync it, then rename it into place. A failed
+    write (a full disk) is one CheckpointError, and the half-written staging copy is removed
+    (an interrupt leaves it, as a crash would: the next save of the name replaces it)."""
     directory = Path(directory)
-    staging = stage_checkpoint(directory)
-    write_checkpoint_files(staging, model.config, model, tokenizer, info, train_state)
-    return commit_checkpoint(staging, directory)
+    staging = directory.with_name(directory.name + ".tmp")  # stage_checkpoint's name
+    try:
+        with writing_output(directory):
+            staging = stage_checkpoint(directory)
+            write_checkpoint_files(staging, model.config, model, tokenizer, info, train_state)
+            return commit_checkpoint(staging, directory)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def point_link(link: Path, target_name: str) -> None:
@@ -352,8 +362,20 @@ def load_train_state(directory: Path) -> dict:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Refuse an existing non-empty --out: a conversion never deletes or mixes into user files."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(
-            f"--out {out_dir} already exists and is not empty; choose a new path or remove it first"
-        )
+    """Refuse an --out that is in the way (an existing file or non-empty directory: a conversion
+    never deletes or mixes into user files) or cannot be written, before any work starts."""
+    check_new_output(out_dir, "--out")
+
+
+@contextlib.contextmanager
+def writing_output(out: Path) -> Iterator[None]:
+    """A failed write of an output (a full disk, a permission lost meanwhile) as one line; the
+    caller removes its staging copy, and nothing that existed before was touched."""
+    try:
+        yield
+    except (OSError, safetensors.SafetensorError) as error:
+        reason = getattr(error, "strerror", None) or one_line(error, 160)
+        raise CheckpointError(
+            f"could not write {out} ({reason}); nothing was left there: free disk space or "
+            "choose another --out"
+        ) from None

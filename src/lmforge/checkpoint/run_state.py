@@ -22,6 +22,7 @@ from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.config import RunConfig
+from lmforge.config_checks import check_out_dir
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.models.footprint import materialize, refuse_if_too_large
 from lmforge.models.transformer import Transformer
@@ -220,7 +221,8 @@ def consolidate_checkpoint(path: str | Path) -> Path:
             f"{ckpt.MODEL_FILE} is already the full model"
         )
     config = ckpt.read_model_config(directory)
-    refuse_if_too_large(config, str(directory))  # before any work
+    needed = refuse_if_too_large(config, str(directory))  # memory, then disk, before any work
+    check_out_dir(str(directory), needed, key="--checkpoint")
     with torch.device("meta"):
         model = Transformer(config)
     model = materialize(model, "cpu", str(directory))
@@ -230,7 +232,11 @@ def consolidate_checkpoint(path: str | Path) -> Path:
         tensor.detach().fill_(float("nan"))
     load_model_shards(directory / SHARDED_DIR, model)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
-    safetensors.torch.save_model(model, str(staging))
-    os.replace(staging, directory / ckpt.MODEL_FILE)
+    try:
+        with ckpt.writing_output(directory / ckpt.MODEL_FILE):
+            safetensors.torch.save_model(model, str(staging))
+            os.replace(staging, directory / ckpt.MODEL_FILE)
+    finally:
+        staging.unlink(missing_ok=True)  # gone after the rename; a failed write's leftover
     ckpt.write_manifest(directory)
     return directory
