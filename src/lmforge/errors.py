@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 
-# CSI sequences (colours, cursor moves: ESC [ ... final byte) and OSC sequences (ESC ] ... BEL or
-# ESC \), then any other control character except the whitespace we turn into spaces.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
+# CSI sequences (colours, cursor moves: ESC [ ... final byte), OSC sequences (ESC ] ... BEL or
+# ESC \) and the other escapes (ESC, intermediate bytes, a final byte: ESC c resets the terminal),
+# then any other control character except the whitespace we turn into spaces.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
