@@ -94,6 +94,18 @@ def _every_reader_refuses_hf_dir(directory, shared, tmp, capsys, *fragments) -> 
     assert snapshot(tmp) == before
 
 
+def test_model_file_counts():
+    """Quoted in docs/reliability.md and README.md: keep them in step."""
+    from test_model_file_formats import GGUF_GRID, META_GRID
+
+    files = {"lmforge": len(grid(FIELD_VALUES)), "hf": len(HF_GRID)}
+    files |= {"gguf": len(GGUF_GRID), "meta": len(META_GRID)}
+    assert files == {"lmforge": 189, "hf": 175, "gguf": 25, "meta": 46}
+    assert sum(files.values()) == 435
+    readers = {"lmforge": 5, "hf": 3, "gguf": 2, "meta": 1}  # the commands each file goes through
+    assert sum(files[k] * readers[k] for k in files) == 1566
+
+
 def test_every_numeric_field_is_in_the_grid():
     """A new number in ModelConfig must get its bad values here (and a rule in the range table)."""
     assert sorted(FIELD_VALUES) == sorted(numeric_fields())
