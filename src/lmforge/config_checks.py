@@ -107,31 +107,36 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
-def _check_room(path: Path, key: str, shown: str, bytes_needed: int) -> None:
+def _check_room(
+    path: Path, key: str, shown: str, bytes_needed: int, fix: str = "choose another path"
+) -> None:
     """`path` exists, or can be made (mkdir -p) in its first existing ancestor, which must be a
     writable directory with `bytes_needed` free."""
     existing = _first_existing(path)
     if not existing.is_dir():
-        raise ConfigError(
-            f"{key}={shown} lies under {existing}, which is a file; choose another path"
-        )
+        raise ConfigError(f"{key}={shown} lies under {existing}, which is a file; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={shown}: {existing} is not writable; choose another path")
+        raise ConfigError(f"{key}={shown}: {existing} is not writable; {fix}")
     free = shutil.disk_usage(existing).free
     if free < bytes_needed:
         raise ConfigError(
             f"{key}={shown}: {existing} has {free / 2**20:.0f} MiB free but one checkpoint "
-            f"needs about {bytes_needed / 2**20:.0f} MiB; free disk space or choose another path"
+            f"needs about {bytes_needed / 2**20:.0f} MiB; free disk space or {fix}"
         )
 
 
-def check_out_dir(out_dir: str, checkpoint_bytes: int, key: str = "train.out_dir") -> None:
+def check_out_dir(
+    out_dir: str,
+    checkpoint_bytes: int,
+    key: str = "train.out_dir",
+    fix: str = "choose another path",
+) -> None:
     """out_dir is (or can become) a writable directory with room for one checkpoint. Nothing is
     created: a refused run leaves the disk as it was."""
     path = Path(out_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={out_dir} is a file, not a directory; choose another path")
-    _check_room(path, key, out_dir, checkpoint_bytes)
+        raise ConfigError(f"{key}={out_dir} is a file, not a directory; {fix}")
+    _check_room(path, key, out_dir, checkpoint_bytes, fix)
 
 
 def check_new_output(out: str | Path, key: str = "--out", is_file: bool = False) -> None:

@@ -368,14 +368,14 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def writing_output(out: Path) -> Iterator[None]:
+def writing_output(
+    out: Path, fix: str = "free disk space or choose another --out"
+) -> Iterator[None]:
     """A failed write of an output (a full disk, a permission lost meanwhile) as one line; the
     caller removes its staging copy, and nothing that existed before was touched."""
     try:
         yield
     except (OSError, safetensors.SafetensorError) as error:
         reason = getattr(error, "strerror", None) or one_line(error, 160)
-        raise CheckpointError(
-            f"could not write {out} ({reason}); nothing was left there: free disk space or "
-            "choose another --out"
-        ) from None
+        message = f"could not write {out} ({reason}); nothing was left there: {fix}"
+        raise CheckpointError(message) from None

@@ -222,7 +222,8 @@ def consolidate_checkpoint(path: str | Path) -> Path:
         )
     config = ckpt.read_model_config(directory)
     needed = refuse_if_too_large(config, str(directory))  # memory, then disk, before any work
-    check_out_dir(str(directory), needed, key="--checkpoint")
+    elsewhere = "copy the checkpoint where it can be written and consolidate the copy"
+    check_out_dir(str(directory), needed, "--checkpoint", elsewhere)
     with torch.device("meta"):
         model = Transformer(config)
     model = materialize(model, "cpu", str(directory))
@@ -233,7 +234,7 @@ def consolidate_checkpoint(path: str | Path) -> Path:
     load_model_shards(directory / SHARDED_DIR, model)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
     try:
-        with ckpt.writing_output(directory / ckpt.MODEL_FILE):
+        with ckpt.writing_output(directory / ckpt.MODEL_FILE, f"free disk space or {elsewhere}"):
             safetensors.torch.save_model(model, str(staging))
             os.replace(staging, directory / ckpt.MODEL_FILE)
     finally:
