@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -142,3 +143,40 @@ def data_dir_is_file(world) -> list[str]:
     args = train(world)
     args[args.index("--data.dir") + 1] = str(world["tmp"] / "a-file")
     return args
+
+
+def edit_config(command: str = "sample", **changes):
+    """Change fields of the last checkpoint's config.json (the manifest recomputed to match)."""
+
+    def build(world) -> list[str]:
+        checkpoint = last_checkpoint(world)
+        config = json.loads((checkpoint / "config.json").read_text()) | changes
+        (checkpoint / "config.json").write_text(json.dumps(config))
+        write_manifest(checkpoint)
+        if command == "init_from":
+            return train(world, "--init_from", str(world["run"]))
+        if command == "export":
+            return [
+                "export",
+                str(world["run"]),
+                "--format",
+                "hf",
+                "--out",
+                str(world["tmp"] / "hf"),
+            ]
+        return sample(world)
+
+    return build
+
+
+def export_to(place: str):
+    """`export --format hf` into an output that is in the way or cannot be made."""
+
+    def build(world) -> list[str]:
+        (world["tmp"] / "a-file").write_text("x")
+        (world["tmp"] / "full").mkdir()
+        (world["tmp"] / "full" / "notes.txt").write_text("x")
+        out = {"file": "a-file", "under-file": "a-file/hf", "non-empty": "full"}[place]
+        return ["export", str(world["run"]), "--format", "hf", "--out", str(world["tmp"] / out)]
+
+    return build

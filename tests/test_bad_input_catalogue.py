@@ -15,6 +15,8 @@ from bad_input_builders import (
     corrupt,
     data_dir_is_file,
     drop_tokenizer,
+    edit_config,
+    export_to,
     finetune,
     finetune_from_truncated,
     full_disk,
@@ -56,7 +58,10 @@ CATALOGUE = {
         ["unknown config key 'model.num_layer'; did you mean 'model.num_layers'?"],
     ),
     "wrong-type": (lambda w: train(w, "--train.max_steps", "ten"), ["--train.max_steps", "'ten'"]),
-    "zero-width": (lambda w: train(w, "--model.dim", "0"), ["model.dim must be positive"]),
+    "zero-width": (
+        lambda w: train(w, "--model.dim", "0"),
+        ["model.dim must be in [1, 16,777,216], got 0"],
+    ),
     "negative-batch": (
         lambda w: train(w, "--train.micro_batch_size", "-1"),
         ["train.micro_batch_size must be >= 1, got -1"],
@@ -287,6 +292,30 @@ CATALOGUE |= {
     ),
     "finetune-device-tpu": (lambda w: finetune(w, "--train.device", "tpu"), ["train.device"]),
     "finetune-from-truncated-weights": (finetune_from_truncated, ["model.safetensors"]),
+    # a model read from a file: the range table, then memory (tests/test_model_file_checks.py
+    # tries every field in every format)
+    "config-json-negative-ffn-dim": (
+        edit_config(ffn_dim=-384),
+        ["config.json: model.ffn_dim must be in [1, 16,777,216], got -384"],
+    ),
+    "config-json-nan-rope-theta": (edit_config(rope_theta=float("nan")), ["model.rope_theta"]),
+    "config-json-zero-ffn-multiple": (edit_config(ffn_multiple_of=0), ["model.ffn_multiple_of"]),
+    "config-json-billion-layers": (edit_config(num_layers=10**9), ["model.num_layers"]),
+    "config-json-negative-ffn-dim-init-from": (
+        edit_config("init_from", ffn_dim=-384),
+        ["config.json", "model.ffn_dim"],
+    ),
+    "config-json-negative-ffn-dim-export": (
+        edit_config("export", ffn_dim=-384),
+        ["config.json", "model.ffn_dim"],
+    ),
+    "config-json-70-terabytes": (
+        edit_config(dim=2**20, vocab_size=2**24, num_heads=16),
+        ["model needs", "TB of fp32 weights", "free"],
+    ),
+    "export-onto-a-file": (export_to("file"), ["--out", "already exists"]),
+    "export-under-a-file": (export_to("under-file"), ["--out", "which is a file"]),
+    "export-into-a-full-directory": (export_to("non-empty"), ["--out", "not empty"]),
     "launch-zero-processes": (
         lambda w: ["launch", "--nproc-per-node", "0", *train(w)],
         ["--nproc-per-node must be"],
@@ -323,7 +352,7 @@ def test_full_disk_during_save(world, capsys, monkeypatch):
 
 def test_catalogue_size():
     """Quoted in docs/reliability.md: keep the two in step (+2: the two disk tests)."""
-    assert len(CATALOGUE) + 2 == 133
+    assert len(CATALOGUE) + 2 == 143
 
 
 def test_file_size_limit_during_the_dcp_save(world):

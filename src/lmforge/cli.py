@@ -23,7 +23,7 @@ import tyro
 
 from lmforge.checkpoint.commands import ConsolidateCommand
 from lmforge.config import RunConfig, load_run_config
-from lmforge.errors import LmforgeError, TrainingError
+from lmforge.errors import LmforgeError, TrainingError, one_line
 from lmforge.evals.commands import EvalCommand, run_eval_task
 from lmforge.finetune.commands import FinetuneCommand, MergeCommand
 from lmforge.inference.commands import ChatCommand, SampleCommand
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return launch(args)
         except LmforgeError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             return 2
     if name not in COMMANDS:
         print(
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         handler(parse(command_type, args, f"lmforge {name}"))
     except LmforgeError as error:
         if is_main_process():  # every rank hits the same error; one line is enough
-            print(f"error: {error}", file=sys.stderr)
+            # flattened again here: a subclass or a caller may have changed args after __init__
+            print(f"error: {one_line(error)}", file=sys.stderr)
         return 3 if isinstance(error, TrainingError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

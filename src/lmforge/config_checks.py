@@ -10,26 +10,26 @@ sampling options of sample/chat/serve have their own shared validator in samplin
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lmforge._validate import (
+    AT_LEAST_ONE,
+    BETA,
+    FACTOR,
+    FRACTION_CLOSED,
+    FRACTION_OPEN,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    check_number,
+)
 from lmforge.errors import ConfigError
 from lmforge.models.counting import build_on_meta, count_parameters
+from lmforge.models.ranges import MODEL_RANGES
 from lmforge.runtime import check_device
-
-Rule = tuple[Callable[[float], bool], str]
-
-POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
-NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
-AT_LEAST_ONE: Rule = (lambda v: v >= 1, "must be >= 1")
-FRACTION_OPEN: Rule = (lambda v: 0 < v < 1, "must be in (0, 1)")
-FRACTION_CLOSED: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
-BETA: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
-FACTOR: Rule = (lambda v: 0 < v <= 1, "must be in (0, 1]")
 
 # "section.field": rule. None is always allowed for optional fields (it means "the default").
 RANGES: dict[str, Rule] = {
@@ -80,6 +80,8 @@ RANGES: dict[str, Rule] = {
     "finetune.lora.alpha": POSITIVE,
     "finetune.lora.dropout": BETA,
     "parallel.tensor_parallel": AT_LEAST_ONE,
+    # every number of the model config, with the same rules for a model read from a file
+    **MODEL_RANGES,
 }
 
 
@@ -90,15 +92,6 @@ def _lookup(config: Any, dotted: str) -> tuple[bool, Any]:
             return False, None
         value = getattr(value, part)
     return True, value
-
-
-def check_number(key: str, value: Any, rule: Rule) -> None:
-    """ConfigError unless `value` is None or a finite number that satisfies `rule`."""
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    allowed, description = rule
-    if not math.isfinite(value) or not allowed(value):
-        raise ConfigError(f"{key} {description}, got {value}; set --{key} (or the TOML key) to one")
 
 
 def check_ranges(config: Any) -> None:
@@ -115,25 +108,51 @@ def _first_existing(path: Path) -> Path:
     return path
 
 
-def check_out_dir(out_dir: str, checkpoint_bytes: int, key: str = "train.out_dir") -> None:
+def _check_room(
+    path: Path, key: str, shown: str, bytes_needed: int, fix: str = "choose another path"
+) -> None:
+    """`path` exists, or can be made (mkdir -p) in its first existing ancestor, which must be a
+    writable directory with `bytes_needed` free."""
+    existing = _first_existing(path)
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={shown} lies under {existing}, which is a file; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={shown}: {existing} is not writable; {fix}")
+    free = shutil.disk_usage(existing).free
+    if free < bytes_needed:
+        raise ConfigError(
+            f"{key}={shown}: {existing} has {free / 2**20:.0f} MiB free but one checkpoint "
+            f"needs about {bytes_needed / 2**20:.0f} MiB; free disk space or {fix}"
+        )
+
+
+def check_out_dir(
+    out_dir: str,
+    checkpoint_bytes: int,
+    key: str = "train.out_dir",
+    fix: str = "choose another path",
+) -> None:
     """out_dir is (or can become) a writable directory with room for one checkpoint. Nothing is
     created: a refused run leaves the disk as it was."""
     path = Path(out_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{key}={out_dir} is a file, not a directory; choose another path")
-    existing = _first_existing(path)
-    if not existing.is_dir():
-        raise ConfigError(
-            f"{key}={out_dir} lies under {existing}, which is a file; choose another path"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={out_dir}: {existing} is not writable; choose another path")
-    free = shutil.disk_usage(existing).free
-    if free < checkpoint_bytes:
-        raise ConfigError(
-            f"{key}={out_dir}: {existing} has {free / 2**20:.0f} MiB free but one checkpoint "
-            f"needs about {checkpoint_bytes / 2**20:.0f} MiB; free disk space or choose another path"
-        )
+        raise ConfigError(f"{key}={out_dir} is a file, not a directory; {fix}")
+    _check_room(path, key, out_dir, checkpoint_bytes, fix)
+
+
+def check_new_output(out: str | Path, key: str = "--out", is_file: bool = False) -> None:
+    """The output of export, convert or merge, before any work: nothing in the way (no file, and
+    no directory that holds anything), and a writable directory to stage it beside (they write
+    a temporary sibling and rename it into place). Missing parents are fine: they are created."""
+    path = Path(out).expanduser().absolute()
+    if path.exists() or path.is_symlink():
+        if is_file or not path.is_dir():
+            raise ConfigError(f"{key}={out} already exists; choose a new path or remove it first")
+        if any(path.iterdir()):
+            raise ConfigError(
+                f"{key}={out} already exists and is not empty; choose a new path or remove it first"
+            )
+    _check_room(path.parent, key, str(out), 0)
 
 
 def checkpoint_bytes_estimate(run: Any) -> int:

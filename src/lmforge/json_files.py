@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, one_line
 
 
 def read_json_object(path: str | Path, default: dict | None = None) -> dict[str, Any]:
@@ -19,10 +19,9 @@ def read_json_object(path: str | Path, default: dict | None = None) -> dict[str,
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
-            f"{path} is unreadable or not valid JSON ({reason}); the checkpoint is corrupt: "
-            "use another one"
+            f"{path} is unreadable or not valid JSON ({one_line(error, 200)}); the checkpoint "
+            "is corrupt: use another one"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(

@@ -73,7 +73,7 @@ def test_cache_bytes_per_token_for_each_attention_kind():
         (dict(kv_lora_rank=200), "kv_lora_rank=200 compresses nothing"),
         (dict(q_lora_rank=64), "q_lora_rank=64 must be smaller than model.dim=64"),
         (dict(qk_rope_head_dim=7), "RoPE needs an even head_dim, got 7"),
-        (dict(v_head_dim=0), "v_head_dim must be positive"),
+        (dict(v_head_dim=0), r"v_head_dim must be in \[1, "),
     ],
 )
 def test_mla_ranks_that_do_not_fit_raise_config_error(fields, message):

@@ -182,10 +182,10 @@ def test_bf16_autocast_forward_close_to_fp32():
     [
         (dict(dim=65), "does not divide model.dim=65"),
         (dict(num_kv_heads=3), "num_kv_heads=3 must be positive and divide"),
-        (dict(num_layers=0), "model.num_layers must be positive"),
+        (dict(num_layers=0), r"model.num_layers must be in \[1, 2,048\], got 0"),
         (dict(head_dim=15), "RoPE needs an even head_dim"),
         (dict(dropout=1.0), "dropout must be in"),
-        (dict(vocab_size=0), "vocab_size must be positive"),
+        (dict(vocab_size=0), r"vocab_size must be in \[1, "),
     ],
 )
 def test_invalid_shapes_raise_config_error(overrides, message):

@@ -14,16 +14,19 @@ import dataclasses
 import json
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
-from lmforge._validate import from_dict
+from lmforge._validate import check_number, from_dict
 from lmforge.checkpoint.directory import ADAPTER_CONFIG, ADAPTER_FILE, WeightsWriter
 from lmforge.config import LoraConfig
-from lmforge.errors import CheckpointError
+from lmforge.config_checks import RANGES
+from lmforge.errors import CheckpointError, ConfigError, one_line
 from lmforge.json_files import read_json_object
 from lmforge.models.lora import adapter_state
+from lmforge.models.ranges import FILE_FIX
 
 
 def adapter_writer(config: LoraConfig, base: str | None) -> WeightsWriter:
@@ -41,10 +44,23 @@ def adapter_writer(config: LoraConfig, base: str | None) -> WeightsWriter:
 
 
 def read_adapter_config(directory: Path) -> tuple[LoraConfig, str | None]:
-    payload = read_json_object(Path(directory) / ADAPTER_CONFIG)
+    """The LoRA settings of an adapter checkpoint, held to the run config's rules for them
+    (finetune.lora.* in config_checks.RANGES), and the path of the base weights."""
+    path = Path(directory) / ADAPTER_CONFIG
+    payload = read_json_object(path)
     base = payload.pop("base", None)
     payload.pop("enabled", None)
-    return from_dict(LoraConfig, payload, str(directory / ADAPTER_CONFIG), "lora."), base
+    try:
+        config = from_dict(LoraConfig, payload, str(path), "lora.")
+    except ConfigError as error:  # LoraConfig's own checks do not know the file
+        message = str(error)
+        raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
+    for key in ("rank", "alpha", "dropout"):
+        rule = RANGES[f"finetune.lora.{key}"]
+        check_number(f"{path}: lora.{key}", getattr(config, key), rule, FILE_FIX)
+    if base is not None and not isinstance(base, str):
+        raise CheckpointError(f"{path}: base must be a path, got {base!r}; {FILE_FIX}")
+    return config, base
 
 
 @torch.no_grad()
@@ -53,7 +69,13 @@ def load_adapter_weights(model: nn.Module, directory: Path) -> None:
     path = Path(directory) / ADAPTER_FILE
     if not path.is_file():
         raise CheckpointError(f"LoRA checkpoint {directory} lacks {ADAPTER_FILE}; it is incomplete")
-    saved = safetensors.torch.load_file(str(path))
+    try:
+        saved = safetensors.torch.load_file(str(path))
+    except (safetensors.SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({one_line(error, 200)}); it is "
+            "truncated or corrupt: use another checkpoint of the run"
+        ) from None
     own = adapter_state(model)
     if sorted(saved) != sorted(own) or any(saved[k].shape != own[k].shape for k in own):
         raise CheckpointError(

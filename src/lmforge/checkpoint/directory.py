@@ -18,12 +18,13 @@ are swapped atomically, so an interrupted save never breaks `last`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import safetensors
@@ -32,9 +33,12 @@ import torch
 from torch import nn
 
 from lmforge._validate import from_dict
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.config_checks import check_new_output
+from lmforge.errors import CheckpointError, one_line
 from lmforge.json_files import read_json_object
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import materialize, refuse_if_too_large
+from lmforge.models.ranges import check_model_file
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 from lmforge.tokenizer.base import DESCRIPTOR
@@ -200,11 +204,19 @@ def save_checkpoint(
     info: dict,
     train_state: dict | None = None,
 ) -> Path:
-    """Write a checkpoint under a temporary name, fsync it, then rename it into place."""
+    """Write a checkpoint under a temporary name, fsync it, then rename it into place. A failed
+    write (a full disk) is one CheckpointError, and the half-written staging copy is removed
+    (an interrupt leaves it, as a crash would: the next save of the name replaces it)."""
     directory = Path(directory)
-    staging = stage_checkpoint(directory)
-    write_checkpoint_files(staging, model.config, model, tokenizer, info, train_state)
-    return commit_checkpoint(staging, directory)
+    staging = directory.with_name(directory.name + ".tmp")  # stage_checkpoint's name
+    try:
+        with writing_output(directory):
+            staging = stage_checkpoint(directory)
+            write_checkpoint_files(staging, model.config, model, tokenizer, info, train_state)
+            return commit_checkpoint(staging, directory)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def point_link(link: Path, target_name: str) -> None:
@@ -262,8 +274,11 @@ def _holds_model_shards(directory: Path) -> bool:
 
 
 def read_model_config(directory: Path) -> ModelConfig:
-    data = read_json_object(Path(directory) / CONFIG_FILE)
-    return from_dict(ModelConfig, data, str(Path(directory) / CONFIG_FILE), "model.")
+    """The checkpoint's model config, checked (types, ranges, shapes) before anything is built."""
+    path = Path(directory) / CONFIG_FILE
+    config = from_dict(ModelConfig, read_json_object(path), str(path), "model.")
+    check_model_file(config, str(path))
+    return config
 
 
 def load_weights(model: nn.Module, directory: Path) -> None:
@@ -325,9 +340,10 @@ def load_model(
     directory = find_checkpoint(path)
     verify_checkpoint(directory, required=False)  # checkpoints from elsewhere may have none
     config = read_model_config(directory)
+    refuse_if_too_large(config, str(directory), device=device)
     with torch.device("meta"):
         model = Transformer(config)
-    model = model.to_empty(device=device)
+    model = materialize(model, device, str(directory))
     if config.tie_embeddings:  # re-tie before loading: the file stores the shared tensor once
         model.lm_head.weight = model.token_embedding.weight
     load_weights(model, directory)
@@ -344,19 +360,28 @@ def load_train_state(directory: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
         raise CheckpointError(
-            f"{path} was refused by torch.load(weights_only=True) ({first_line[:160]}); it holds "
-            "more than tensors and plain data, so it was not unpickled: resume from a "
+            f"{path} was refused by torch.load(weights_only=True) ({one_line(error, 160)}); it "
+            "holds more than tensors and plain data, so it was not unpickled: resume from a "
             "checkpoint you made"
         ) from None
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Refuse an existing non-empty --out: a conversion never deletes or mixes into user files."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(
-            f"--out {out_dir} already exists and is not empty; choose a new path or remove it first"
-        )
+    """Refuse an --out that is in the way (an existing file or non-empty directory: a conversion
+    never deletes or mixes into user files) or cannot be written, before any work starts."""
+    check_new_output(out_dir, "--out")
+
+
+@contextlib.contextmanager
+def writing_output(
+    out: Path, fix: str = "free disk space or choose another --out"
+) -> Iterator[None]:
+    """A failed write of an output (a full disk, a permission lost meanwhile) as one line; the
+    caller removes its staging copy, and nothing that existed before was touched."""
+    try:
+        yield
+    except (OSError, safetensors.SafetensorError) as error:
+        reason = getattr(error, "strerror", None) or one_line(error, 160)
+        message = f"could not write {out} ({reason}); nothing was left there: {fix}"
+        raise CheckpointError(message) from None

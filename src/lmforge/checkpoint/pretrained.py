@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.detect import detect_format
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, one_line
 from lmforge.formats.gguf import read_gguf
 from lmforge.formats.hf_config import model_config_from_hf
 from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json
@@ -23,6 +23,7 @@ from lmforge.formats.weight_source import (
     safetensors_file_source,
 )
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -40,20 +41,23 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
         ckpt.refuse_adapter_checkpoint(path)
         directory = ckpt.find_checkpoint(path)
         ckpt.verify_checkpoint(directory, required=False)
+        config = ckpt.read_model_config(directory)
+        refuse_if_too_large(config, str(directory))  # the config first, then the weights
         try:
             state = safetensors.torch.load_file(str(directory / ckpt.MODEL_FILE))
         except (safetensors.SafetensorError, OSError) as error:
             raise CheckpointError(
-                f"{directory / ckpt.MODEL_FILE} is not a readable safetensors file ({error}); "
-                "use another checkpoint"
+                f"{directory / ckpt.MODEL_FILE} is not a readable safetensors file "
+                f"({one_line(error, 200)}); use another checkpoint"
             ) from None
-        return ckpt.read_model_config(directory), state, load_tokenizer(directory)
+        return config, state, load_tokenizer(directory)
     kind = detect_format(path)
     if kind == "gguf":
         return read_gguf(path)
     if kind == "hf":
         hf_config = read_json(path / "config.json")
-        config = model_config_from_hf(hf_config)
+        config = model_config_from_hf(hf_config, str(path / "config.json"))
+        refuse_if_too_large(config, str(path))
         weights = read_hf_weights(path)
         state = state_dict_from_hf(
             weights, config, hf_config["model_type"], hf_config.get("rope_interleave")

@@ -21,7 +21,9 @@ from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.config import RunConfig
+from lmforge.config_checks import check_out_dir
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
+from lmforge.models.footprint import materialize, refuse_if_too_large
 from lmforge.models.transformer import Transformer
 from lmforge.optim.optimizers import MuonAdamW
 from lmforge.parallel.dist import DistInfo, barrier
@@ -229,16 +231,23 @@ def consolidate_checkpoint(path: str | Path) -> Path:
             f"{ckpt.MODEL_FILE} is already the full model"
         )
     config = ckpt.read_model_config(directory)
+    needed = refuse_if_too_large(config, str(directory))  # memory, then disk, before any work
+    elsewhere = "copy the checkpoint where it can be written and consolidate the copy"
+    check_out_dir(str(directory), needed, "--checkpoint", elsewhere)
     with torch.device("meta"):
         model = Transformer(config)
-    model = model.to_empty(device="cpu")
+    model = materialize(model, "cpu", str(directory))
     if config.tie_embeddings:
         model.lm_head.weight = model.token_embedding.weight
     for tensor in model.state_dict().values():  # no uninitialised memory, even if a check failed
         tensor.detach().fill_(float("nan"))
     load_model_shards(directory / SHARDED_DIR, model)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
-    ckpt.save_weights(model, config, staging)
-    os.replace(staging, directory / ckpt.MODEL_FILE)
+    try:
+        with ckpt.writing_output(directory / ckpt.MODEL_FILE, f"free disk space or {elsewhere}"):
+            ckpt.save_weights(model, config, staging)
+            os.replace(staging, directory / ckpt.MODEL_FILE)
+    finally:
+        staging.unlink(missing_ok=True)  # gone after the rename; a failed write's leftover
     ckpt.write_manifest(directory)
     return directory

@@ -15,6 +15,7 @@ from lmforge.checkpoint.directory import check_out_dir
 from lmforge.checkpoint.pretrained import load_pretrained, load_state
 from lmforge.errors import CheckpointError
 from lmforge.json_files import read_json_object
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.lora import apply_lora, merge_lora
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import load_tokenizer
@@ -36,6 +37,8 @@ def merge_checkpoint(path: str | Path, out: str | Path, base: str | None = None)
             f"the base weights {base} of {directory} are gone; pass --base with their new path"
         )
     config = ckpt.read_model_config(directory)
+    # the base's state dict and the model it goes into are both in memory while merging
+    refuse_if_too_large(config, str(directory), bytes_per_param=8)
     _, state, _ = load_pretrained(base)
     model = Transformer(config)
     load_state(model, state, str(base))

@@ -27,7 +27,9 @@ from lmforge.errors import CheckpointError, ConfigError
 from lmforge.formats.gguf_tokenizer import tokenizer_from_gguf
 from lmforge.formats.hf_weights import check_shapes
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.positions import rope_inverse_frequencies
+from lmforge.models.ranges import check_model_file, check_source_numbers
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer.base import Tokenizer
 
@@ -102,6 +104,22 @@ def gguf_layout(config: ModelConfig, arch: str) -> list[tuple[str, list[Part]]]:
 def split_dim(key: str) -> int:
     """The dim along which `key`'s GGUF parts are concatenated (rows; experts are stacked)."""
     return 1 if key.endswith("experts.up") else 0
+
+
+# GGUF metadata numbers -> ModelConfig fields, checked before any arithmetic on them. Not
+# expert_count: 0 there means a dense model (the MoE fields are checked once mapped).
+_NUMBERS = {
+    "embedding_length": "dim",
+    "block_count": "num_layers",
+    "context_length": "context_length",
+    "feed_forward_length": "ffn_dim",
+    "attention.head_count": "num_heads",
+    "attention.head_count_kv": "num_kv_heads",
+    "attention.key_length": "head_dim",
+    "attention.layer_norm_epsilon": "norm_eps",
+    "attention.layer_norm_rms_epsilon": "norm_eps",
+    "rope.freq_base": "rope_theta",
+}
 
 
 def _tidy(value: Any) -> Any:
@@ -237,8 +255,10 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokeniz
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise CheckpointError(f"{path} has no token_embd.weight; the file is incomplete")
+    check_source_numbers(meta, {f"{arch}.{k}": v for k, v in _NUMBERS.items()}, str(path))
     config = _config(meta, arch, tensors)
-    config.validate()
+    check_model_file(config, str(path))
+    refuse_if_too_large(config, str(path))  # before any tensor is dequantized
     state = {}
     for ours, parts in gguf_layout(config, arch):
         pieces = []

@@ -20,14 +20,75 @@ from lmforge.formats.hf_zoo import (
     zoo_export_type,
 )
 from lmforge.models.config import ModelConfig, layer_configs, layer_shapes
+from lmforge.models.ranges import check_model_file, check_source_numbers
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
 SUPPORTED = ("gpt2", *LLAMA_LIKE, *ZOO)
 
 
-def model_config_from_hf(hf_config: dict) -> ModelConfig:
-    """Our ModelConfig for an HF config.json dict (or `PretrainedConfig.to_dict()`)."""
+# HF config.json numbers -> the ModelConfig fields they become (dotted: inside a table). They meet
+# the model range table before any arithmetic on them: a zero head count would divide by zero.
+_ROPE = {
+    "factor": "rope_scaling_factor",
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_context_length",
+    "beta_fast": "rope_yarn_beta_fast",
+    "beta_slow": "rope_yarn_beta_slow",
+    "mscale": "rope_yarn_mscale",
+    "mscale_all_dim": "rope_yarn_mscale_all_dim",
+    "rope_theta": "rope_theta",
+}
+_NAMES = {
+    "vocab_size": "vocab_size",
+    "initializer_range": "init_std",
+    # gpt2
+    "n_positions": "context_length",
+    "n_ctx": "context_length",
+    "n_embd": "dim",
+    "n_layer": "num_layers",
+    "n_head": "num_heads",
+    "n_inner": "ffn_dim",
+    "layer_norm_epsilon": "norm_eps",
+    # llama, mistral, qwen2, and the zoo's (hf_zoo.py) on top
+    "max_position_embeddings": "context_length",
+    "hidden_size": "dim",
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "head_dim": "head_dim",
+    "intermediate_size": "ffn_dim",
+    "rms_norm_eps": "norm_eps",
+    "rope_theta": "rope_theta",
+    "sliding_window": "sliding_window",
+    "num_local_experts": "num_experts",
+    "n_routed_experts": "num_experts",
+    "num_experts_per_tok": "experts_per_token",
+    "moe_intermediate_size": "moe_ffn_dim",
+    "n_shared_experts": "num_shared_experts",
+    "routed_scaling_factor": "moe_routed_scale",
+    "n_group": "moe_groups",
+    "topk_group": "moe_topk_groups",
+    "first_k_dense_replace": "moe_first_dense_layers",
+    "router_aux_loss_coef": "moe_aux_loss_coef",
+    "q_lora_rank": "q_lora_rank",
+    "kv_lora_rank": "kv_lora_rank",
+    "qk_nope_head_dim": "qk_nope_head_dim",
+    "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim",
+}
+HF_NUMBERS = _NAMES | {
+    f"{table}.{key}": ours
+    for table in ("rope_scaling", "rope_parameters")
+    for key, ours in _ROPE.items()
+}
+
+
+def model_config_from_hf(hf_config: dict, source: str = "HF config.json") -> ModelConfig:
+    """Our ModelConfig for an HF config.json dict (or `PretrainedConfig.to_dict()`); `source`
+    (the file) names it in errors. Checked like any model read from a file (ranges, shapes)."""
     model_type = hf_config.get("model_type")
+    check_source_numbers(hf_config, HF_NUMBERS, source)
     try:
         if model_type == "gpt2":
             config = _config_from_gpt2(hf_config)
@@ -40,7 +101,12 @@ def model_config_from_hf(hf_config: dict) -> ModelConfig:
         raise ConfigError(
             f"HF {model_type} config has no '{missing.args[0]}'; pass the model's full config.json"
         ) from None
-    config.validate()
+    except TypeError:  # a null where a number is needed (its arithmetic, e.g. dim // heads)
+        raise ConfigError(
+            f"{source}: a size this {model_type} model needs is null; pass the model's full "
+            "config.json"
+        ) from None
+    check_model_file(config, source)
     return config
 
 

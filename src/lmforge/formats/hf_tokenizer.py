@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
-from lmforge.errors import CheckpointError, ConfigError, LmforgeError
+from lmforge.errors import CheckpointError, ConfigError, LmforgeError, one_line
 from lmforge.formats.hf_tokenizer_convert import (
     byte_to_unicode,
     sentencepiece_to_hf,
@@ -34,9 +34,8 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        reason = str(error).splitlines()[0]
         raise CheckpointError(
-            f"cannot read {path}: {reason}; the file is missing or corrupt"
+            f"cannot read {path}: {one_line(error, 200)}; the file is missing or corrupt"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} does not hold a JSON object; the file is corrupt")
@@ -87,7 +86,7 @@ def _gpt2_bpe(vocab: Path, merges: Path) -> HFTokenizer:
     try:
         hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
     except Exception as error:  # tokenizers raises plain Exception for unreadable files
-        reason = str(error).splitlines()[0]
+        reason = one_line(error, 200)
         raise CheckpointError(f"cannot read {vocab.name} + {merges.name}: {reason}") from None
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
@@ -109,7 +108,7 @@ def load_hf_dir_tokenizer(directory: Path, hf_config: dict) -> Tokenizer:
         try:
             hf = HFTokenizer.from_file(str(directory / "tokenizer.json"))
         except Exception as error:  # tokenizers raises plain Exception on bad JSON
-            reason = str(error).splitlines()[0]
+            reason = one_line(error, 200)
             raise CheckpointError(f"cannot read {directory / 'tokenizer.json'}: {reason}") from None
     elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
         hf = _gpt2_bpe(directory / "vocab.json", directory / "merges.txt")

@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from lmforge.errors import CheckpointError
+from lmforge.errors import CheckpointError, one_line
 from lmforge.formats.hf_config import SUPPORTED, export_type
 from lmforge.formats.hf_tokenizer import read_json
 from lmforge.formats.hf_zoo import (
@@ -201,9 +201,9 @@ def load_weight_file(path: Path) -> dict[str, Tensor]:
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
         )
     except Exception as error:  # safetensors, pickle and zip all raise their own types
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"cannot read {path}: {reason}; the file is corrupt or truncated, download it again"
+            f"cannot read {path}: {one_line(error, 300)}; the file is corrupt or truncated, "
+            "download it again"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")

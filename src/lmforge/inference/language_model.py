@@ -19,6 +19,7 @@ from lmforge.inference.decoding import prepare_for_decoding
 from lmforge.inference.generate import SamplingConfig
 from lmforge.inference.generate import generate as generate_ids
 from lmforge.inference.loglikelihood import rolling_windows, score_continuations
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.transformer import Transformer
 from lmforge.runtime import pick_device
 from lmforge.tokenizer import END_OF_TEXT, Tokenizer
@@ -172,7 +173,9 @@ def load(
     if not (source.is_file() or _is_hf_dir(source)):  # an lmforge checkpoint or run dir
         model, tokenizer, source = load_model(source, torch_device)
     else:
-        config, state, tokenizer = load_pretrained(source)
+        config, state, tokenizer = load_pretrained(source)  # checked against host memory
+        if torch_device.type != "cpu":
+            refuse_if_too_large(config, str(source), device=torch_device)
         model = model_from_state(config, state).to(torch_device)
         if quantize == "auto":
             quantize = _gguf_plan(source) if source.suffix == ".gguf" else "none"

@@ -100,11 +100,8 @@ def run_export(command: ExportCommand) -> None:
             raise ConfigError(
                 f"--dtype {dtype} is not a GGUF export dtype; use one of {', '.join(GGUF_DTYPES)}"
             )
-        out = Path(command.out)
-        if out.exists():
-            raise ConfigError(f"--out {out} already exists; choose a new path or remove it first")
         from lmforge.interop.gguf_export import export_gguf
 
-        path = export_gguf(command.checkpoint, out, dtype=dtype)
+        path = export_gguf(command.checkpoint, Path(command.out), dtype=dtype)
     seconds = time.perf_counter() - start
     print(f"exported {command.checkpoint} as {command.format} -> {path} in {seconds:.1f}s")

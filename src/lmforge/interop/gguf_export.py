@@ -21,7 +21,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-from lmforge.checkpoint.directory import load_model
+from lmforge.checkpoint.directory import load_model, writing_output
+from lmforge.config_checks import check_new_output
 from lmforge.errors import ConfigError
 from lmforge.formats.gguf import gguf_layout, permute_for_gguf, split_dim
 from lmforge.formats.gguf_tokenizer import tokenizer_metadata
@@ -142,38 +143,46 @@ def export_gguf(checkpoint_path: str | Path, out_path: str | Path, dtype: str = 
         raise ConfigError(
             f"GGUF dtype '{dtype}' is not supported; use one of {', '.join(EXPORT_DTYPES)}"
         )
+    out_path = Path(out_path)
+    check_new_output(out_path, "--out", is_file=True)  # before the checkpoint is read
     model, tokenizer, directory = load_model(checkpoint_path)
     config = model.config
     arch = gguf_architecture(config)
     tokenizer_meta = tokenizer_metadata(tokenizer, config.vocab_size)
     base, file_type = EXPORT_DTYPES[dtype]
-    output_matrix = "token_embd.weight" if config.tie_embeddings else "output.weight"
-    out_path = Path(out_path)
     temporary = out_path.with_name(out_path.name + ".tmp")
-    state = model.state_dict()
     writer = gguf.GGUFWriter(str(temporary), arch)
     try:
-        _add_metadata(writer, config, arch, Path(directory).resolve().name, file_type)
-        for key, value in tokenizer_meta.items():
-            getattr(writer, _TOKENIZER_WRITERS[key])(value)
-        if config.rope_scaling == "llama3":
-            plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling="none"))
-            divisors = (plain / rope_inverse_frequencies(config)).numpy().astype(np.float32)
-            writer.add_tensor("rope_freqs.weight", divisors)
-        for ours, parts in gguf_layout(config, arch):
-            tensor = state[ours].float()
-            sizes = [rows for _, rows, _ in parts]
-            pieces = tensor.split(sizes, split_dim(ours)) if len(parts) > 1 else [tensor]
-            for (name, _, heads), piece in zip(parts, pieces, strict=True):
-                array = (permute_for_gguf(piece, heads) if heads else piece).contiguous().numpy()
-                _add_tensor(writer, name, array, tensor_type(name, array, base, output_matrix))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(temporary, out_path)
+        with writing_output(out_path):  # a full disk or a lost permission: one line
+            out_path.parent.mkdir(parents=True, exist_ok=True)  # checked: it can be made
+            _add_metadata(writer, config, arch, Path(directory).resolve().name, file_type)
+            for key, value in tokenizer_meta.items():
+                getattr(writer, _TOKENIZER_WRITERS[key])(value)
+            _add_tensors(writer, model, arch, base)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            os.replace(temporary, out_path)
     except BaseException:
         writer.close()
         temporary.unlink(missing_ok=True)
         raise
     return out_path
+
+
+def _add_tensors(writer: gguf.GGUFWriter, model: Any, arch: str, base: Any) -> None:
+    config = model.config
+    output_matrix = "token_embd.weight" if config.tie_embeddings else "output.weight"
+    if config.rope_scaling == "llama3":
+        plain = rope_inverse_frequencies(dataclasses.replace(config, rope_scaling="none"))
+        divisors = (plain / rope_inverse_frequencies(config)).numpy().astype(np.float32)
+        writer.add_tensor("rope_freqs.weight", divisors)
+    state = model.state_dict()
+    for ours, parts in gguf_layout(config, arch):
+        tensor = state[ours].float()
+        sizes = [rows for _, rows, _ in parts]
+        pieces = tensor.split(sizes, split_dim(ours)) if len(parts) > 1 else [tensor]
+        for (name, _, heads), piece in zip(parts, pieces, strict=True):
+            array = (permute_for_gguf(piece, heads) if heads else piece).contiguous().numpy()
+            _add_tensor(writer, name, array, tensor_type(name, array, base, output_matrix))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmforge.checkpoint.directory import save_checkpoint
+from lmforge.checkpoint.directory import check_out_dir, save_checkpoint
 from lmforge.formats.gguf import gguf_quantization_plan, load_gguf
 
 
 def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     """Convert a GGUF file into an lmforge checkpoint directory (nothing is written on error)."""
+    check_out_dir(Path(out_dir))  # before the file is read and dequantized
     model, tokenizer = load_gguf(path)
     arch = "gpt2" if model.config.position == "learned" else "llama"
     info = {"step": 0, "source": str(path), "format": "gguf", "architecture": arch}

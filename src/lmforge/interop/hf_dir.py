@@ -18,12 +18,18 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from lmforge.checkpoint.directory import check_out_dir, load_model, save_checkpoint
+from lmforge.checkpoint.directory import (
+    check_out_dir,
+    load_model,
+    save_checkpoint,
+    writing_output,
+)
 from lmforge.errors import CheckpointError, ConfigError
 from lmforge.formats.hf_config import hf_config_from_model_config, model_config_from_hf
 from lmforge.formats.hf_tokenizer import load_hf_dir_tokenizer, read_json, write_hf_tokenizer
 from lmforge.formats.hf_weights import read_hf_weights, state_dict_from_hf, state_dict_to_hf
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
 from lmforge.models.transformer import Transformer
 from lmforge.tokenizer import Tokenizer
 
@@ -69,7 +75,8 @@ def import_hf(directory: str | Path, out_dir: str | Path) -> Path:
         )
     check_out_dir(Path(out_dir))  # before the expensive reads
     hf_config = read_json(directory / "config.json")
-    config = model_config_from_hf(hf_config)
+    config = model_config_from_hf(hf_config, str(directory / "config.json"))
+    refuse_if_too_large(config, str(directory))
     tokenizer = load_hf_dir_tokenizer(directory, hf_config)
     if tokenizer.vocab_size > config.vocab_size:  # cheap check before reading the weights
         raise CheckpointError(
@@ -125,18 +132,19 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32
         k: v.to(HF_DTYPES[dtype]).contiguous()
         for k, v in state_dict_to_hf(model.state_dict(), config).items()
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted export
-    staging.mkdir()
     try:
-        write_hf_tokenizer(tokenizer, staging, config.context_length)  # may refuse the tokenizer
-        (staging / "config.json").write_text(json.dumps(hf_config, indent=2))
-        (staging / "generation_config.json").write_text(json.dumps(ids, indent=2))
-        safetensors.torch.save_file(state, str(staging / "model.safetensors"), {"format": "pt"})
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above); rename cannot replace it portably
-        os.rename(staging, out_dir)
+        with writing_output(out_dir):  # a full disk or a lost permission: one line
+            out_dir.parent.mkdir(parents=True, exist_ok=True)  # check_out_dir: it can be made
+            shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted export
+            staging.mkdir()
+            write_hf_tokenizer(tokenizer, staging, config.context_length)  # may refuse it
+            (staging / "config.json").write_text(json.dumps(hf_config, indent=2))
+            (staging / "generation_config.json").write_text(json.dumps(ids, indent=2))
+            safetensors.torch.save_file(state, str(staging / "model.safetensors"), {"format": "pt"})
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above); rename cannot replace it portably
+            os.rename(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -15,12 +15,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lmforge._validate import POSITIVE, check_number
 from lmforge.checkpoint.directory import check_out_dir
-from lmforge.errors import CheckpointError, ConfigError
+from lmforge.errors import CheckpointError, ConfigError, one_line
 from lmforge.formats.hf_tokenizer import read_json
 from lmforge.formats.hf_weights import load_weight_file, state_dict_from_hf
 from lmforge.interop.hf_dir import write_checkpoint
 from lmforge.models.config import ModelConfig
+from lmforge.models.footprint import refuse_if_too_large
+from lmforge.models.ranges import FILE_FIX, check_model_file, check_source_numbers
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.pretrained import load_pretrained_tokenizer
 
@@ -57,8 +60,41 @@ def to_rotate_half(weight: Tensor, heads: int) -> Tensor:
     return weight.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def config_from_params(params: dict, vocab_size: int, tied: bool) -> ModelConfig:
+# params.json numbers -> ModelConfig fields, checked before any arithmetic on them (vocab_size
+# too, unless it is Llama 2's -1: "as many as the embedding has rows").
+META_NUMBERS = {
+    "dim": "dim",
+    "n_layers": "num_layers",
+    "n_heads": "num_heads",
+    "n_kv_heads": "num_kv_heads",
+    "multiple_of": "ffn_multiple_of",
+    "norm_eps": "norm_eps",
+    "rope_theta": "rope_theta",
+    "max_seq_len": "context_length",
+    "rope_scaling_factor": "rope_scaling_factor",
+    "rope_low_freq_factor": "rope_low_freq_factor",
+    "rope_high_freq_factor": "rope_high_freq_factor",
+    "original_max_seq_len": "rope_original_context_length",
+}
+
+
+def check_params(params: dict, source: str) -> None:
+    """The numbers of a params.json, against the model range table."""
+    names = META_NUMBERS | ({} if params.get("vocab_size") == -1 else {"vocab_size": "vocab_size"})
+    check_source_numbers(params, names, source)
+    multiplier = params.get("ffn_dim_multiplier")
+    if multiplier is not None and (
+        isinstance(multiplier, bool) or not isinstance(multiplier, int | float)
+    ):
+        raise ConfigError(f"{source}: ffn_dim_multiplier must be a number, got {multiplier!r}")
+    check_number(f"{source}: ffn_dim_multiplier", multiplier, POSITIVE, FILE_FIX)
+
+
+def config_from_params(
+    params: dict, vocab_size: int, tied: bool, source: str = "params.json"
+) -> ModelConfig:
     """Our ModelConfig for a Meta params.json (vocab_size -1 in Llama 2 comes from the weights)."""
+    check_params(params, source)
     try:
         dim, heads = params["dim"], params["n_heads"]
         hidden = ffn_hidden_dim(
@@ -99,7 +135,7 @@ def config_from_params(params: dict, vocab_size: int, tied: bool) -> ModelConfig
         raise ConfigError(
             f"params.json lacks or mistypes {error}; pass Meta's own params.json"
         ) from None
-    config.validate()
+    check_model_file(config, source)
     return config
 
 
@@ -181,30 +217,34 @@ def load_meta_tokenizer(path: Path) -> Tokenizer:
     except CheckpointError:
         raise
     except Exception as error:  # DataError from the loaders, protobuf errors
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read {path}: {reason}") from None
+        raise CheckpointError(f"cannot read {path}: {one_line(error, 200)}") from None
 
 
 def import_meta(directory: str | Path, out_dir: str | Path) -> Path:
     """Convert a Meta Llama directory (params.json, consolidated.*.pth, tokenizer.model)."""
     directory = Path(directory)
-    if not (directory / "params.json").is_file():
+    source = directory / "params.json"
+    if not source.is_file():
         raise CheckpointError(f"{directory} has no params.json; give a Meta Llama directory")
     check_out_dir(Path(out_dir))  # before the expensive reads
-    params = read_json(directory / "params.json")
+    params = read_json(source)
+    if "dim" not in params:
+        raise ConfigError(f"{source} has no 'dim'; pass Meta's own params.json")
+    # Checked before the shards are read: with Llama 2's vocab_size -1 one row stands in for the
+    # vocabulary, so the memory check is a lower bound until the embedding's rows are known.
+    check_params(params, str(source))
+    vocab = params.get("vocab_size") or -1
+    refuse_if_too_large(config_from_params(params, max(vocab, 1), False, str(source)), str(source))
     paths = _shard_paths(directory)
     tokenizer = load_meta_tokenizer(directory / "tokenizer.model")
-    if "dim" not in params:
-        raise ConfigError(f"{directory / 'params.json'} has no 'dim'; pass Meta's own params.json")
     state = merge_shards([load_weight_file(p) for p in paths], params["dim"])
     embedding = state.get("tok_embeddings.weight")
     if embedding is None:
         raise CheckpointError(
             f"{paths[0]} has no tok_embeddings.weight; it is not a Llama checkpoint"
         )
-    vocab = params.get("vocab_size") or -1
     vocab = embedding.shape[0] if vocab <= 0 else vocab
-    config = config_from_params(params, vocab, tied="output.weight" not in state)
+    config = config_from_params(params, vocab, "output.weight" not in state, str(source))
     ours = state_dict_from_hf(hf_names(state, config), config, "llama")
     info = {"source": str(directory.resolve()), "format": "meta", "architecture": "Meta Llama"}
     return write_checkpoint(out_dir, config, ours, tokenizer, info)

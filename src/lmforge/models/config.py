@@ -18,6 +18,7 @@ from typing import Literal
 
 from lmforge._validate import from_dict
 from lmforge.errors import ConfigError
+from lmforge.models.ranges import check_model_numbers
 
 
 @dataclass
@@ -138,18 +139,15 @@ class ModelConfig:
         return self.ffn_multiple_of * -(-hidden // self.ffn_multiple_of)
 
     def validate(self) -> None:
-        """Raise ConfigError for shapes that cannot build, before any tensor is allocated."""
-        for name in ("context_length", "dim", "num_layers", "num_heads"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.vocab_size is not None and self.vocab_size <= 0:
-            raise ConfigError(f"model.vocab_size must be positive, got {self.vocab_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        """Raise ConfigError for shapes that cannot build, before any tensor is allocated: every
+        number against its range (models/ranges.py), then the rules that tie fields together."""
+        check_model_numbers(self)
         layer_configs(self)  # checks every layer's resolved shape (validate_layer)
 
     def validate_layer(self, where: str = "model") -> None:
         """Checks of the per-layer fields (attention, FFN); `where` names the layer in messages."""
+        if where != "model":  # a per-layer override; the model-wide values passed validate()
+            check_model_numbers(self, where, LAYER_KEYS, "correct that entry of model.layers")
         if self.num_heads <= 0:
             raise ConfigError(f"{where}.num_heads must be positive, got {self.num_heads}")
         if self.head_dim is None and self.attention == "gqa" and self.dim % self.num_heads:

@@ -22,7 +22,9 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         # TOML gives a list; keep a tuple so that a dumped and reloaded config compares equal.
-        if isinstance(self.targets, str) or not all(isinstance(t, str) for t in self.targets):
+        if not isinstance(self.targets, list | tuple) or not all(
+            isinstance(t, str) for t in self.targets
+        ):
             raise ConfigError(
                 f"finetune.lora.targets must be a list of strings, got {self.targets!r}"
             )
