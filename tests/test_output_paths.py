@@ -145,7 +145,7 @@ def test_consolidate_refuses_a_disk_without_room(sharded, tmp_path, monkeypatch,
 
 
 def test_consolidate_full_disk_while_writing(sharded, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(safetensors.torch, "save_model", _no_space)
+    monkeypatch.setattr(safetensors.torch, "save_file", _no_space)
     before = snapshot(tmp_path)
     assert main(["consolidate", "--checkpoint", str(sharded)]) == 2
     assert_one_line_error(capsys.readouterr().err, "could not write", "No space left on device")

@@ -97,7 +97,7 @@ def test_refuses_when_no_number_of_ranks_is_enough(capsys) -> None:
         (["--gpu-memory", "80 parsecs"], "is not a memory size"),
         (["--nproc-per-node", "two"], "nproc"),
         (["--train.micro_batch_size", "0"], "train.micro_batch_size must be >= 1"),
-        (["--model.vocab_size", "-3"], "model.vocab_size must be positive"),
+        (["--model.vocab_size", "-3"], "model.vocab_size must be in [1,"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args: list[str], fragment: str, capsys) -> None:
