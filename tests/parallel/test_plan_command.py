@@ -20,10 +20,10 @@ def test_prints_a_table_and_the_fastest_layout_that_fits(capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("8,030,261,248 parameters, bf16, adamw, micro-batch 1 x 8192")
     assert "8 ranks (1 x 8); budget 80.00 GiB per rank (--gpu-memory)" in lines[0]
-    rows = [line.split() for line in lines[2:14]]
+    rows = [line.split() for line in lines[2:23]]
     assert [row[:2] for row in rows] == [
         [name, mode]
-        for name in ("ddp", "zero1", "fsdp", "fsdp+offload")
+        for name in ("ddp", "zero1", "fsdp", "fsdp+tp2", "fsdp+tp4", "fsdp+tp8", "fsdp+offload")
         for mode in ("none", "selective", "full")
     ]
     assert all(len(row) == 9 for row in rows)  # 7 numbers, host memory last

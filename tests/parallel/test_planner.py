@@ -78,9 +78,11 @@ def test_muon_keeps_one_moment_for_the_layer_matrices() -> None:
 
 def test_layouts_fastest_first_and_only_trainable_ones() -> None:
     gpu = [(x.name, x.activation_checkpointing) for x in layouts(hand_plan(8, device="cuda"))]
-    names = ["ddp", "zero1", "fsdp", "fsdp+offload"]
+    # tensor parallelism after FSDP alone, by degrees that divide the node's ranks and the heads
+    degrees = [tp for tp in (2, 4, 8) if HAND.num_heads % tp == 0 and HAND.kv_heads % tp == 0]
+    names = ["ddp", "zero1", "fsdp", *(f"fsdp+tp{tp}" for tp in degrees), "fsdp+offload"]
     assert gpu == [(name, mode) for name in names for mode in CHECKPOINTING]
-    assert all(x.tensor_parallel == 1 for x in layouts(hand_plan(8, device="cuda")))
+    assert all(x.tensor_parallel == 1 for x in layouts(hand_plan(8)))  # none on a CPU
     assert "fsdp+offload" not in {x.name for x in layouts(hand_plan(8))}  # the host is the device
     assert {x.strategy for x in layouts(hand_plan(8, optimizer="muon"))} == {"ddp"}
     assert "fsdp" not in {x.strategy for x in layouts(hand_plan(8, dtype="fp16", device="cuda"))}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from lmforge.config_checks import check_ranges
@@ -50,7 +52,9 @@ def plan_report(command: PlanCommand) -> tuple[list[str], str | None]:
     check_command(command)
     device, budget, source = plan_budget(command)
     world_size = command.nproc_per_node * command.nnodes
-    plan = plan_input(command.run, world_size, device)
+    plan = dataclasses.replace(
+        plan_input(command.run, world_size, device), ranks_per_node=command.nproc_per_node
+    )
     estimates = plan_layouts(plan)
     lines = [_header(plan, command, budget, source), *_table(estimates)]
     best = fastest_fit(estimates, budget)
@@ -58,6 +62,8 @@ def plan_report(command: PlanCommand) -> tuple[list[str], str | None]:
         return lines, _refusal(plan, estimates, budget)
     layout = best.layout
     flags = f"--parallel.strategy {layout.strategy}"
+    if layout.tensor_parallel > 1:
+        flags += f" --parallel.tensor_parallel {layout.tensor_parallel}"
     if layout.cpu_offload:
         flags += " --parallel.cpu_offload"
     if layout.activation_checkpointing != "none":

@@ -22,10 +22,12 @@ micro-steps accumulate; with one micro-step per optimizer step the true peak can
 smaller of the two. `cpu_offload` moves FSDP's shards (parameters, gradients, optimizer) to host
 memory, which is reported apart from the device's.
 
-Tensor parallelism is priced only roughly and never offered: `Layout.tensor_parallel` divides
-each rank's share of the model and of the activations (as if sequence parallelism split the
-norms too), and the data-parallel degree becomes world_size / tensor_parallel. `layouts()`
-offers only tensor_parallel = 1; TP layouts come when their estimate is checked against runs.
+Tensor parallelism (GPU plans only) divides each rank's share of the model and of the
+activations by the degree (sequence parallelism splits the norms too), and the data-parallel
+degree becomes world_size / tensor_parallel. `layouts()` offers degrees 2, 4 and 8 that divide
+the ranks of one node and the model's heads, after FSDP alone: each layer then communicates, so
+it is slower, and worth it only where FSDP alone does not fit. Its estimate is arithmetic that
+no measured tensor-parallel run has checked yet (the FSDP and DDP ones have been).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from lmforge.models.config import ModelConfig
 from lmforge.models.counting import build_on_meta
 from lmforge.optim.optimizers import muon_parameter
 from lmforge.parallel.activation_memory import activation_bytes
+from lmforge.parallel.tensor_parallel import check_tensor_parallel
 
 GiB = 2**30
 FP32 = 4
@@ -66,7 +69,8 @@ class Layout:
 
     @property
     def name(self) -> str:
-        return self.strategy + ("+offload" if self.cpu_offload else "")
+        tp = f"+tp{self.tensor_parallel}" if self.tensor_parallel > 1 else ""
+        return self.strategy + tp + ("+offload" if self.cpu_offload else "")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class PlanInput:
     device: str
     """cpu or cuda: which overhead applies, and whether offloading to the host saves anything."""
     accumulation: int = 1
+    ranks_per_node: int = 0
+    """Tensor-parallel groups stay inside a node; 0 means all ranks are on one node."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,22 @@ def layouts(plan: PlanInput) -> list[Layout]:
         strategies = [("ddp", False)]
     if plan.dtype == "fp16":  # FSDP would need a sharded gradient scaler
         strategies = [s for s in strategies if s[0] != "fsdp"]
-    return [Layout(s, mode, offload) for s, offload in strategies for mode in CHECKPOINTING]
+    found = [Layout(s, mode, offload) for s, offload in strategies for mode in CHECKPOINTING]
+    if plan.device == "cpu" or not any(s == ("fsdp", False) for s in strategies):
+        return found
+    per_node = plan.ranks_per_node or plan.world_size
+    degrees = [tp for tp in (2, 4, 8) if per_node % tp == 0 and _splits(plan.model, tp)]
+    split = [Layout("fsdp", mode, False, tp) for tp in degrees for mode in CHECKPOINTING]
+    first_offload = next((i for i, layout in enumerate(found) if layout.cpu_offload), len(found))
+    return found[:first_offload] + split + found[first_offload:]
+
+
+def _splits(model: ModelConfig, degree: int) -> bool:
+    try:
+        check_tensor_parallel(model, degree, sequence_parallel=True)
+    except ConfigError:
+        return False
+    return True
 
 
 def plan_layouts(plan: PlanInput) -> list[Estimate]:
@@ -240,14 +261,15 @@ def fastest_fit(estimates: list[Estimate], budget: float) -> Estimate | None:
 
 def ranks_to_fit(plan: PlanInput, layout: Layout, budget: float) -> int | None:
     """The fewest ranks at which `layout` (a sharding one) fits, or None if no count does."""
+    tp = layout.tensor_parallel  # ranks come in whole tensor-parallel groups
     one, two = (
-        estimate_plan(dataclasses.replace(plan, world_size=n), layout).total for n in (1, 2)
+        estimate_plan(dataclasses.replace(plan, world_size=n * tp), layout).total for n in (1, 2)
     )
-    sharded = 2 * (one - two)  # the part that divides by the number of ranks
+    sharded = 2 * (one - two)  # the part that divides by the number of replicas
     fixed = one - sharded
     if fixed >= budget or sharded <= 0:
         return None
-    return max(1, math.ceil(sharded / (budget - fixed)))
+    return tp * max(1, math.ceil(sharded / (budget - fixed)))
 
 
 def plan_input(run: RunConfig, world_size: int, device: str) -> PlanInput:
