@@ -18,6 +18,7 @@ from conftest import assert_one_line_error
 from malformed_models import base_checkpoint, bpe_checkpoint, lora_checkpoint, sharded_checkpoint
 
 from lmforge import config_checks
+from lmforge.checkpoint.stream_weights import SafetensorsStream
 from lmforge.cli import main
 
 
@@ -145,7 +146,7 @@ def test_consolidate_refuses_a_disk_without_room(sharded, tmp_path, monkeypatch,
 
 
 def test_consolidate_full_disk_while_writing(sharded, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(safetensors.torch, "save_file", _no_space)
+    monkeypatch.setattr(SafetensorsStream, "write", _no_space)  # consolidate streams the file
     before = snapshot(tmp_path)
     assert main(["consolidate", "--checkpoint", str(sharded)]) == 2
     assert_one_line_error(capsys.readouterr().err, "could not write", "No space left on device")

@@ -8,8 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_one_line_error, rewind
-from distributed_fixtures import assert_same_run, check, run_launched, run_single, write_config
+from distributed_fixtures import (
+    assert_same_run,
+    check,
+    final_weights,
+    run_launched,
+    run_single,
+    write_config,
+)
 
 # Llama (GQA 4/2), GPT-2 (tied head, learned positions), Mixtral (GQA + MoE), DeepSeek (MLA + MoE)
 PRESETS = ["tiny-llama", "tiny-gpt2", "tiny-mixtral", "tiny-deepseek"]
@@ -121,3 +129,22 @@ def test_heads_a_degree_cannot_split_are_one_line_errors(workdir):
     result = run_launched(*args, cwd=workdir)
     assert result.returncode != 0
     assert_one_line_error(result.stderr, "num_kv_heads=1", "divide")
+
+
+def test_consolidate_of_a_mesh_checkpoint_writes_the_plain_row_order(workdir, tmp_path):
+    """The sharded state holds the regrouped rows; consolidate (one tensor at a time) writes the
+    files' order: bitwise what the run itself gathered, which matches one process."""
+    mesh = workdir / "mesh-tiny-llama"
+    if not mesh.exists():
+        check(
+            run_launched(
+                *train_args(mesh.name, "tiny-llama", *tensor_parallel(2)), cwd=workdir, nproc=4
+            )
+        )
+    copy = rewind(mesh, tmp_path / "copy", step=10)
+    (copy / "checkpoints" / "last" / "model.safetensors").resolve().unlink()
+    check(run_single("consolidate", "--checkpoint", str(copy), cwd=workdir))
+    expected = final_weights(mesh)
+    assert final_weights(copy).keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(final_weights(copy)[name], tensor), name

@@ -20,10 +20,17 @@ from torch.distributed.checkpoint.api import CheckpointException
 from lmforge.checkpoint import directory as ckpt
 from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.checkpoint.directory import WeightsWriter
+from lmforge.checkpoint.stream_weights import (
+    SafetensorsStream,
+    plain_rows,
+    stream_sharded_weights,
+    weight_entries,
+)
 from lmforge.config import RunConfig
 from lmforge.config_checks import check_out_dir
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
-from lmforge.models.footprint import materialize, refuse_if_too_large
+from lmforge.models.footprint import weights_bytes
+from lmforge.models.row_layouts import tensor_parallel_rows
 from lmforge.models.transformer import Transformer
 from lmforge.optim.optimizers import MuonAdamW
 from lmforge.parallel.dist import DistInfo, barrier
@@ -33,7 +40,7 @@ from lmforge.parallel.sharded_state import (
     SHARDED_DIR,
     full_model_state,
     holds_model,
-    load_model_shards,
+    load_model_tensor,
     load_sharded_state,
     save_sharded_state,
 )
@@ -169,7 +176,9 @@ def save_run_checkpoint(
         weights = None
         if not parallel.fsdp:
             weights = model
-        elif run.parallel.consolidate:
+        elif run.parallel.consolidate and write_weights is None:  # gathered tensor by tensor
+            stream_sharded_weights(model, staging / ckpt.MODEL_FILE, info)
+        elif run.parallel.consolidate:  # LoRA: the adapters are cut from the gathered state
             weights = full_model_state(model, info, sharded=True)
         if info.is_main:
             files_weights = weights if write_weights is None else None
@@ -231,21 +240,26 @@ def consolidate_checkpoint(path: str | Path) -> Path:
             f"{ckpt.MODEL_FILE} is already the full model"
         )
     config = ckpt.read_model_config(directory)
-    needed = refuse_if_too_large(config, str(directory))  # memory, then disk, before any work
+    needed = weights_bytes(config)  # disk for the file; memory holds one tensor at a time
     elsewhere = "copy the checkpoint where it can be written and consolidate the copy"
     check_out_dir(str(directory), needed, "--checkpoint", elsewhere)
     with torch.device("meta"):
-        model = Transformer(config)
-    model = materialize(model, "cpu", str(directory))
-    if config.tie_embeddings:
-        model.lm_head.weight = model.token_embedding.weight
-    for tensor in model.state_dict().values():  # no uninitialised memory, even if a check failed
-        tensor.detach().fill_(float("nan"))
-    load_model_shards(directory / SHARDED_DIR, model)
+        model = Transformer(config)  # names, shapes and (under TP) the row orders
+    saved = ckpt.load_train_state(directory) if (directory / ckpt.STATE_FILE).is_file() else {}
+    rows = tensor_parallel_rows(model) if rows_changed(saved, 1) else {}
+    entries = weight_entries(model.state_dict(), config)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
     try:
         with ckpt.writing_output(directory / ckpt.MODEL_FILE, f"free disk space or {elsewhere}"):
-            ckpt.save_weights(model, config, staging)
+            stream = SafetensorsStream(staging, entries)
+            try:
+                for name, dtype, shape in entries:
+                    tensor = torch.full(shape, float("nan"), dtype=dtype)  # never uninitialised
+                    load_model_tensor(directory / SHARDED_DIR, name, tensor)
+                    stream.write(name, plain_rows(name, tensor, rows))
+                stream.finish()
+            finally:
+                stream.close()
             os.replace(staging, directory / ckpt.MODEL_FILE)
     finally:
         staging.unlink(missing_ok=True)  # gone after the rename; a failed write's leftover

@@ -76,9 +76,10 @@ class ParallelModel:
 
     @contextlib.contextmanager
     def gradient_sync(self, enabled: bool) -> Iterator[None]:
-        """Synchronise gradients only on the last micro-step of an accumulation."""
+        """DDP: synchronise gradients only on the last micro-step of an accumulation. FSDP
+        reduce-scatters every micro-step: skipping it would keep the whole model's unsharded
+        fp32 gradients on every rank between micro-steps, which is what FSDP is there to avoid."""
         if self.fsdp:
-            self.model.set_requires_gradient_sync(enabled)
             yield
         elif self.ddp is not None and not enabled:
             with self.ddp.no_sync():

@@ -138,11 +138,6 @@ def _what_does_not_shard(fsdp: Estimate) -> str:
             fsdp.transient,
             "train a smaller model (width, vocabulary)",
         ),
-        # FSDP's sharded gradients are as large as its sharded parameters; the rest is unsharded
-        "the unsharded gradients FSDP accumulates between micro-steps": (
-            fsdp.gradients - fsdp.parameters,
-            "make each step one micro-step (train.batch_tokens = micro_batch_size x seq_len x ranks)",
-        ),
     }
     name, (size, remedy) = max(parts.items(), key=lambda item: item[1][0])
     return f"{name} alone take {format_bytes(size)}; {remedy}"

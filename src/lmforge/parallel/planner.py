@@ -5,8 +5,7 @@ device, nothing is allocated and no process group is needed. Per rank, in bytes:
 
 - parameters: fp32 weights (lmforge trains fp32 master weights; autocast computes in bf16);
 - gradients: fp32. DDP (and ZeRO-1, which runs on DDP) keeps a second copy in its all-reduce
-  buckets at world size > 1. FSDP keeps its shard, but with gradient accumulation it holds the
-  full, unsharded fp32 gradients between micro-steps (FSDP2 accumulates without reducing);
+  buckets at world size > 1. FSDP keeps its shard (lmforge reduce-scatters every micro-step);
 - optimizer: AdamW two fp32 moments, Muon one (AdamW for the rest); ZeRO-1 keeps the share of
   the parameters torch's ZeroRedundancyOptimizer gives this rank, FSDP 1/N;
 - activations of one micro-batch (activation_memory.py);
@@ -200,8 +199,6 @@ def estimate_plan(plan: PlanInput, layout: Layout, counts: ModelCounts | None = 
     overhead = OVERHEAD_BYTES.get(plan.device, OVERHEAD_BYTES["cuda"])
     if layout.strategy == "fsdp":
         shards = (FP32 * P / ranks, FP32 * P / ranks, optimizer / ranks)
-        # between micro-steps FSDP2 keeps the unsharded gradients, in fp32, on the device
-        unsharded_grads = FP32 * P if plan.accumulation > 1 else 0.0
         block, root = counts.largest_block / tp, counts.root / tp
         # two gathered blocks (current, prefetched), the root kept gathered with its unsharded
         # gradients, and one block's unsharded gradients with their fp32 copy for the reduction
@@ -211,7 +208,6 @@ def estimate_plan(plan: PlanInput, layout: Layout, counts: ModelCounts | None = 
         if layout.cpu_offload:
             host, shards = sum(shards), (0.0, 0.0, 0.0)
         params, grads, optim = shards
-        grads += unsharded_grads
         return Estimate(layout, params, grads, optim, activations, transient, overhead, host)
     # autocast's bf16 copies of the matmul weights live from the forward pass to the backward
     copies = a * counts.autocast_copies / tp if a < FP32 else 0.0

@@ -161,7 +161,8 @@ def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[st
     return state
 
 
-def load_model_shards(directory: Path, model: nn.Module) -> None:
-    """Only the model from a sharded state (one process, e.g. to consolidate it)."""
+def load_model_tensor(directory: Path, name: str, tensor: torch.Tensor) -> None:
+    """One whole tensor of the model from a sharded state, in place (one process, e.g. to
+    consolidate it a tensor at a time)."""
     with _quiet_single_process():
-        safe_dcp_load({"model": model.state_dict()}, directory, no_dist=True)
+        safe_dcp_load({"model": {name: tensor}}, directory, no_dist=True)
