@@ -29,6 +29,7 @@ from lmforge.checkpoint.stream_weights import (
 from lmforge.config import RunConfig
 from lmforge.config_checks import check_out_dir
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
+from lmforge.json_files import read_json_object
 from lmforge.models.footprint import weights_bytes
 from lmforge.models.row_layouts import tensor_parallel_rows
 from lmforge.models.transformer import Transformer
@@ -245,8 +246,11 @@ def consolidate_checkpoint(path: str | Path) -> Path:
     check_out_dir(str(directory), needed, "--checkpoint", elsewhere)
     with torch.device("meta"):
         model = Transformer(config)  # names, shapes and (under TP) the row orders
-    saved = ckpt.load_train_state(directory) if (directory / ckpt.STATE_FILE).is_file() else {}
-    rows = tensor_parallel_rows(model) if rows_changed(saved, 1) else {}
+    # The row order from the checkpoint's JSON summary (not train_state.pt, which consolidate
+    # never needs to unpickle): tensor parallelism wrote its regrouped rows.
+    summary = read_json_object(directory / ckpt.INFO_FILE, default={})
+    saved_tp = summary.get("tensor_parallel", 1)
+    rows = tensor_parallel_rows(model) if isinstance(saved_tp, int) and saved_tp > 1 else {}
     entries = weight_entries(model.state_dict(), config)
     staging = directory / (ckpt.MODEL_FILE + ".tmp")
     try:

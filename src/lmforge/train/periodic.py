@@ -111,6 +111,8 @@ def save(setup: TrainSetup, counters: Counters, is_best: bool, budget_pending: b
         "step": counters.step,
         "tokens_seen": counters.tokens_seen,
         "val_loss": counters.last_val,
+        # the sharded state's row order (models/row_layouts.py), for consolidate to read safely
+        "tensor_parallel": s.run.parallel.tensor_parallel,
     }
     train_state = {
         "scaler": s.scaler.state_dict(),
