@@ -226,14 +226,17 @@ def starting_weights(
         materialize(model, info.device)
         if last is not None:
             if reload_whole or not holds_model(last / SHARDED_DIR):
-                _load(model, *open_weights(last), str(last))
+                _load(model, str(last))
         elif init_from:
-            _load(model, *open_weights(init_from), init_from)
+            _load(model, init_from)
 
     return start
 
 
-def _load(model: Transformer, config, source, where: str) -> None:
+def _load(model: Transformer, where: str) -> None:
+    """This rank's slices of the weights at `where` (their config is checked on opening; the
+    shapes against the model's before any read)."""
+    _, source = open_weights(where)
     try:
         load_local(model, source, where)
     finally:
