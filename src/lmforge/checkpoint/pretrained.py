@@ -34,14 +34,25 @@ def _is_checkpoint(path: Path) -> bool:
     )
 
 
+def _checkpoint(path: Path) -> tuple[Path, ModelConfig]:
+    """The checkpoint directory of a run or checkpoint path, verified, and its model config."""
+    ckpt.refuse_adapter_checkpoint(path)
+    directory = ckpt.find_checkpoint(path)
+    ckpt.verify_checkpoint(directory, required=False)
+    return directory, ckpt.read_model_config(directory)
+
+
+def _meta_refusal(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a Meta checkpoint; run `lmforge convert {path} --out DIR` and start from DIR"
+    )
+
+
 def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], Tokenizer]:
     """(model config, fp32 state dict, tokenizer) of a checkpoint, GGUF file or HF dir."""
     path = Path(path).expanduser()
     if _is_checkpoint(path):
-        ckpt.refuse_adapter_checkpoint(path)
-        directory = ckpt.find_checkpoint(path)
-        ckpt.verify_checkpoint(directory, required=False)
-        config = ckpt.read_model_config(directory)
+        directory, config = _checkpoint(path)
         refuse_if_too_large(config, str(directory))  # the config first, then the weights
         try:
             state = safetensors.torch.load_file(str(directory / ckpt.MODEL_FILE))
@@ -63,9 +74,7 @@ def load_pretrained(path: str | Path) -> tuple[ModelConfig, dict[str, Tensor], T
             weights, config, hf_config["model_type"], hf_config.get("rope_interleave")
         )
         return config, state, load_hf_dir_tokenizer(path, hf_config)
-    raise CheckpointError(
-        f"{path} is a Meta checkpoint; run `lmforge convert {path} --out DIR` and start from DIR"
-    )
+    raise _meta_refusal(path)
 
 
 def open_weights(path: str | Path) -> tuple[ModelConfig, SafetensorsSource | StateDictSource]:
@@ -74,10 +83,7 @@ def open_weights(path: str | Path) -> tuple[ModelConfig, SafetensorsSource | Sta
     checkpoint and safetensors HF dirs are read lazily; GGUF is dequantized in memory."""
     path = Path(path).expanduser()
     if _is_checkpoint(path):
-        ckpt.refuse_adapter_checkpoint(path)
-        directory = ckpt.find_checkpoint(path)
-        ckpt.verify_checkpoint(directory, required=False)
-        config = ckpt.read_model_config(directory)
+        directory, config = _checkpoint(path)
         return config, safetensors_file_source(directory / ckpt.MODEL_FILE)
     kind = detect_format(path)
     if kind == "gguf":
@@ -85,11 +91,9 @@ def open_weights(path: str | Path) -> tuple[ModelConfig, SafetensorsSource | Sta
         return config, StateDictSource(state)
     if kind == "hf":
         hf_config = read_json(path / "config.json")
-        config = model_config_from_hf(hf_config)
+        config = model_config_from_hf(hf_config, str(path / "config.json"))
         return config, hf_source(path, hf_config, config)
-    raise CheckpointError(
-        f"{path} is a Meta checkpoint; run `lmforge convert {path} --out DIR` and start from DIR"
-    )
+    raise _meta_refusal(path)
 
 
 @torch.no_grad()
