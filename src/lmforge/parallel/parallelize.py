@@ -1,6 +1,7 @@
-"""Apply a parallel strategy to a model from the outside, in torchtitan's order:
-activation checkpointing, then compile, then FSDP2 / DDP. The model never sees a process group
-and its parameter names never change (so checkpoints are the same for every strategy).
+"""Apply a parallel strategy to a model from the outside, in torchtitan's order: tensor
+parallelism, then activation checkpointing, then compile, then FSDP2 / DDP. The model never sees
+a process group and its parameter names never change (so checkpoints are the same for every
+strategy); a model built on the meta device gets its storage here, once its sharding is known.
 """
 
 from __future__ import annotations
