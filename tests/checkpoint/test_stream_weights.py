@@ -7,7 +7,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from lmforge.checkpoint.stream_weights import SafetensorsStream, plain_rows
+from lmforge.checkpoint.stream_weights import SafetensorsStream
+from lmforge.models.row_layouts import plain_rows
 
 
 def test_a_streamed_file_is_what_safetensors_reads_back(tmp_path):

@@ -22,7 +22,6 @@ from lmforge.checkpoint.adapters import load_adapter_weights
 from lmforge.checkpoint.directory import WeightsWriter
 from lmforge.checkpoint.stream_weights import (
     SafetensorsStream,
-    plain_rows,
     stream_sharded_weights,
     weight_entries,
 )
@@ -31,7 +30,7 @@ from lmforge.config_checks import check_out_dir
 from lmforge.errors import CheckpointError, ConfigError, TrainingError
 from lmforge.json_files import read_json_object
 from lmforge.models.footprint import weights_bytes
-from lmforge.models.row_layouts import tensor_parallel_rows
+from lmforge.models.row_layouts import plain_rows, tensor_parallel_rows
 from lmforge.models.transformer import Transformer
 from lmforge.optim.optimizers import MuonAdamW
 from lmforge.parallel.dist import DistInfo, barrier

@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from lmforge.models.config import ModelConfig
-from lmforge.models.row_layouts import current_rows
+from lmforge.models.row_layouts import current_rows, plain_rows
 from lmforge.parallel.dist import DistInfo
 
 SAFETENSORS_DTYPES = {
@@ -75,15 +75,6 @@ def weight_entries(state: dict[str, torch.Tensor], config: ModelConfig) -> list[
     embedding), as checkpoint/directory.py save_weights stores it."""
     names = [n for n in state if not (config.tie_embeddings and n == "lm_head.weight")]
     return [(n, state[n].dtype, tuple(state[n].shape)) for n in names]
-
-
-def plain_rows(name: str, tensor: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A full tensor in the files' row order (undo tensor parallelism's regrouping)."""
-    if name not in rows:
-        return tensor
-    plain = torch.empty_like(tensor)
-    plain[rows[name]] = tensor
-    return plain
 
 
 def stream_sharded_weights(model: nn.Module, path: Path, info: DistInfo) -> None:

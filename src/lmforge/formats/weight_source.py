@@ -92,10 +92,10 @@ class StateDictSource:
 
     state: dict[str, Tensor]
     bytes_read: int = 0
+    shapes: dict[str, tuple[int, ...]] = field(init=False)
 
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(tensor.shape) for name, tensor in self.state.items()}
+    def __post_init__(self) -> None:
+        self.shapes = {name: tuple(tensor.shape) for name, tensor in self.state.items()}
 
     def read(self, name: str, index: Index) -> Tensor:
         block = self.state[name][index]

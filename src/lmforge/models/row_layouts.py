@@ -82,3 +82,12 @@ def current_rows(model: nn.Module) -> dict[str, torch.Tensor]:
         for m in model.modules()
     )
     return tensor_parallel_rows(model) if uses else {}
+
+
+def plain_rows(name: str, tensor: torch.Tensor, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A full tensor back in the files' row order (undo `rows[name]`, if it has one)."""
+    if name not in rows:
+        return tensor
+    plain = torch.empty_like(tensor)
+    plain[rows[name]] = tensor
+    return plain

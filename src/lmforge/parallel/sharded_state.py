@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmforge.errors import CheckpointError
-from lmforge.models.row_layouts import current_rows, tensor_parallel_rows
+from lmforge.models.row_layouts import current_rows, plain_rows, tensor_parallel_rows
 from lmforge.optim.optimizers import MuonAdamW, inner_optimizers
 from lmforge.parallel.dist import DistInfo
 from lmforge.parallel.materialize import fill_from_full, local_part
@@ -136,10 +136,8 @@ def _load_reordered_optimizer(
         loaded = {}
         for key, tensor in full.items():
             if key != "step":
-                if name in orders and not current:  # saved with tensor parallelism: undo it
-                    plain = torch.empty_like(tensor)
-                    plain[orders[name]] = tensor
-                    tensor = plain
+                if not current:  # saved with tensor parallelism: undo its row order
+                    tensor = plain_rows(name, tensor, orders)
                 local = torch.zeros_like(param)
                 fill_from_full(local, tensor.to(local_part(local).device), current.get(name))
                 tensor = local
@@ -153,12 +151,8 @@ def full_model_state(model: nn.Module, info: DistInfo, sharded: bool) -> dict[st
         return model.state_dict() if info.is_main else {}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(model, options=options)
-    for name, rows in current_rows(model).items():  # files hold the plain row order
-        if name in state:
-            plain = torch.empty_like(state[name])
-            plain[rows] = state[name]
-            state[name] = plain
-    return state
+    rows = current_rows(model)  # files hold the plain row order
+    return {name: plain_rows(name, tensor, rows) for name, tensor in state.items()}
 
 
 def load_model_tensor(directory: Path, name: str, tensor: torch.Tensor) -> None:
