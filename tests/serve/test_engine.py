@@ -26,7 +26,7 @@ def decode(engine: Engine, rows_spec: list[dict]) -> list[dict]:
         if event[0] == "text":
             result["text"] += event[2]
         elif event[0] == "done":
-            result["finish"], result["tokens"], result["prompt"] = event[2:]
+            result["finish"], result["tokens"], result["prompt"], result["cached"] = event[2:]
             done.release()
         else:
             raise AssertionError(event)

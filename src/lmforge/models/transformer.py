@@ -151,8 +151,10 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         positions: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T).
+        """Logits (B, T, vocab) for tokens (B, T); (B, 1, vocab) for the last position only
+        with `last_only` (a prefill that only needs the next token skips T - 1 vocab projections).
 
         Without a cache this is plain causal attention over the T tokens. With a cache the new
         tokens attend to everything cached so far (respecting the cache's left padding), and their
@@ -199,4 +201,6 @@ class Transformer(nn.Module):
             x = layer(x, ropes.get(layer.config.rope_dim), masks, cache)
         if cache is not None:
             cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.final_norm(x))

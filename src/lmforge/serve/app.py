@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError
-from lmforge.serve.engine import Engine, Row
+from lmforge.serve.engine import Engine, QueueFull, Row
 from lmforge.serve.gate import Gate, ServerState
 from lmforge.serve.protocol import (
     APIError,
@@ -60,6 +61,10 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
     async def health() -> dict:
         return {"status": "ok", "in_flight": state.in_flight, "largest_batch": engine.largest_batch}
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def models() -> dict:
         card = {"id": settings.model_name, "object": "model", "created": created}
@@ -86,7 +91,8 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
             completion_choice(engine.tokenizer, i, r, texts[i], body.echo, logprobs)
             for i, r in enumerate(results)
         ]
-        tokens = usage(sum(map(len, prompts)), sum(r.completion_tokens for r in results))
+        cached = sum(r.cached_tokens for r in results)
+        tokens = usage(sum(map(len, prompts)), sum(r.completion_tokens for r in results), cached)
         return envelope("text_completion", request_id, body.model, choices, usage=tokens)
 
     @app.post("/v1/chat/completions")
@@ -117,7 +123,7 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
             "logprobs": None,
             "finish_reason": result.finish_reason,
         }
-        tokens = usage(len(ids), result.completion_tokens)
+        tokens = usage(len(ids), result.completion_tokens, result.cached_tokens)
         return envelope("chat.completion", request_id, body.model, [choice], usage=tokens)
 
     return Gate(app, state, settings.api_key, settings.max_body_bytes)
@@ -196,7 +202,14 @@ def start_rows(
         )  # fmt: skip
         for i, ids in enumerate(prompts)
     ]
-    engine.submit(collector.rows)
+    try:
+        engine.submit(collector.rows)
+    except QueueFull:
+        message = (
+            f"the server is busy: more than {engine.settings.max_queue} prompts are waiting "
+            "(--max_queue); retry after a moment"
+        )
+        raise APIError(429, message, None, "queue_full", type="rate_limit_error") from None
     return collector
 
 
@@ -219,19 +232,20 @@ async def guard(chunks: AsyncIterator[str], collector: Collector) -> AsyncIterat
 
 
 async def stream_completion(collector: Collector, body: CompletionRequest, request_id: str):
-    completion_tokens = 0
+    completion_tokens = cached = 0
     async for event in collector.events():
         kind, index = event[0], event[1]
         text = event[2] if kind == "text" else ""
         finish = event[2] if kind == "done" else None
         if kind == "done":
             completion_tokens += event[3]
+            cached += event[5]
         if text or finish:
             choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
             yield sse(envelope("text_completion", request_id, body.model, [choice]))
     if body.include_usage():
         prompt_tokens = sum(len(row.prompt_ids) for row in collector.rows)
-        tokens = usage(prompt_tokens, completion_tokens)
+        tokens = usage(prompt_tokens, completion_tokens, cached)
         yield sse(envelope("text_completion", request_id, body.model, [], usage=tokens))
     yield sse("[DONE]")
 
@@ -244,15 +258,15 @@ async def stream_chat(
         return sse(envelope("chat.completion.chunk", request_id, body.model, [choice]))
 
     yield chunk({"role": "assistant", "content": ""}, None)
-    completion_tokens = 0
+    completion_tokens = cached = 0
     async for event in collector.events():
         if event[0] == "text" and event[2]:
             yield chunk({"content": event[2]}, None)
         elif event[0] == "done":
-            completion_tokens = event[3]
+            completion_tokens, cached = event[3], event[5]
             yield chunk({}, event[2])
     if body.include_usage():
-        tokens = usage(prompt_tokens, completion_tokens)
+        tokens = usage(prompt_tokens, completion_tokens, cached)
         yield sse(envelope("chat.completion.chunk", request_id, body.model, [], usage=tokens))
     yield sse("[DONE]")
 

@@ -1,12 +1,17 @@
-"""The serving engine: one background thread that batches pending rows and decodes them together.
+"""The serving engine: one background thread that batches rows continuously.
 
-Requests are split into rows (one prompt each). The engine thread takes every pending row (up to
-`max_batch_size`, after a short wait so that requests sent together land in one batch), prefills
-them as one left-padded batch into a KV cache (a StaticKVCache where the model allows it, as
-`generate` does) and decodes them in lockstep. Each row keeps its own sampling settings and
-random generator, so a greedy or seeded row yields the same tokens alone or in any batch. Rows
-leave the batch as they finish (their cache rows are dropped). Rows that arrive while a batch
-decodes wait for the next batch (static batching: simple, and the cache stays one tensor).
+Each step of the engine thread:
+1. drops rows whose client left and stops rows past their deadline;
+2. admits waiting rows while the batch has room, taking the longest cached prefix of each
+   prompt from the prefix cache;
+3. prefills the admitted rows in chunks, within the step's token budget (`max_step_tokens`
+   minus one token per decoding row), so that a long prompt never stalls the running rows for
+   more than one chunk; a row whose prompt is done gets its first token and joins the decode;
+4. decodes one token for every running row in one forward pass, and retires finished rows.
+
+Each row keeps its own sampling settings and random generator, so a greedy or seeded row yields
+the same tokens alone or in any batch. The rows' keys/values live in a `SlotStore`, each row at
+its own length (see slot_cache.py).
 """
 
 from __future__ import annotations
@@ -15,118 +20,70 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 
-from lmforge.inference.generate import CACHE_ROUNDING, _left_pad, filter_logits
-from lmforge.models.kv_cache import KVCache
-from lmforge.models.static_kv_cache import StaticKVCache, static_cache_supported
 from lmforge.models.transformer import Transformer
-from lmforge.serve.text_stream import TextStream
+from lmforge.serve.metrics import EngineMetrics
+from lmforge.serve.prefix_cache import PrefixCache
+from lmforge.serve.rows import Row, Sequence, TokenLogprob, pick_tokens, score_prompt_chunk
+from lmforge.serve.rows import top_logprobs as top_logprobs
+from lmforge.serve.slot_cache import SlotStore
 from lmforge.tokenizer import Tokenizer
 
 log = logging.getLogger("lmforge.serve")
 
 
 @dataclass
-class TokenLogprob:
-    token_id: int
-    logprob: float | None  # None for a prompt's first token (nothing before it to predict it)
-    top: list[tuple[int, float]] = field(default_factory=list)
+class EngineSettings:
+    max_batch_size: int = 16
+    """Most rows decoded together."""
+    max_step_tokens: int = 512
+    """Tokens one step may process: one per decoding row, the rest for prefill chunks."""
+    prefill_rows: int = 4
+    """Rows being prefilled at once (their prompts are processed in arrival order)."""
+    max_queue: int = 256
+    """Rows that may wait for a batch slot; more get 429."""
+    request_timeout: float | None = None
+    """Seconds from arrival after which a row is stopped (504); None: no limit."""
+    kv_cache_memory: int = 2**30
+    """Bytes of keys/values the prefix cache keeps; 0 turns it off."""
+    prefix_block: int = 16
+    """Tokens per prefix-cache block: a prefix is reused in whole blocks."""
+    prefill_logits_budget: int = 2**26
+    """Most logits (elements) one prefill chunk may produce when the prompt is scored (echo)."""
 
 
-@dataclass
-class Row:
-    """One prompt to continue, with its own settings; results go to `emit` as events:
-    ("text", index, text, [TokenLogprob]), ("done", index, finish_reason, completion_tokens,
-    prompt_logprobs or None), ("error", index, message)."""
-
-    index: int
-    prompt_ids: list[int]
-    max_tokens: int
-    emit: Callable[[tuple], None]
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    logprobs: int | None = None
-    """Top alternatives per token; None: no logprobs at all."""
-    echo_logprobs: bool = False
-    """Also score the prompt tokens (for `echo` with `logprobs`)."""
-    cancelled: bool = False
-
-
-class _Decoding:
-    """A row's state inside a batch."""
-
-    def __init__(self, row: Row, tokenizer: Tokenizer, device: torch.device):
-        self.row = row
-        self.text = TextStream(tokenizer, row.stop)
-        self.generated = 0
-        self.generator = None
-        if row.temperature > 0 and row.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(row.seed)
-
-
-def keep_cache_rows(cache: KVCache, index: torch.Tensor) -> None:
-    """Drop the cache rows not in `index` (finished rows), in place."""
-    cache.keys = [k.index_select(0, index) for k in cache.keys]
-    cache.values = [v.index_select(0, index) for v in cache.values]
-    cache.valid = cache.valid.index_select(0, index)
-
-
-def join_caches(caches: list[KVCache]) -> KVCache:
-    """One cache holding the rows of caches filled to the same slot, in order."""
-    joined = caches[0]
-    if len(caches) > 1:
-        joined.keys = [torch.cat(parts) for parts in zip(*(c.keys for c in caches), strict=True)]
-        joined.values = [
-            torch.cat(parts) for parts in zip(*(c.values for c in caches), strict=True)
-        ]
-        joined.valid = torch.cat([c.valid for c in caches])
-        joined.has_padding = any(c.has_padding for c in caches)
-    return joined
-
-
-def top_logprobs(logprobs: torch.Tensor, count: int) -> list[tuple[int, float]]:
-    if count <= 0:
-        return []
-    values, ids = torch.topk(logprobs, min(count, logprobs.shape[-1]))
-    return list(zip(ids.tolist(), values.tolist(), strict=True))
-
-
-def prompt_logprobs(logits: torch.Tensor, ids: list[int], count: int) -> list[TokenLogprob]:
-    """Logprob of each prompt token given the ones before it; logits (T, vocab) of the row."""
-    logprobs = logits[:-1].float().log_softmax(dim=-1)
-    out = [TokenLogprob(ids[0], None)]
-    for position, token in enumerate(ids[1:]):
-        scores = logprobs[position]
-        out.append(TokenLogprob(token, float(scores[token]), top_logprobs(scores, count)))
-    return out
+class QueueFull(Exception):
+    pass
 
 
 class Engine:
     """Owns the model; `submit` is thread-safe, decoding happens on the engine thread."""
 
-    def __init__(
-        self,
-        model: Transformer,
-        tokenizer: Tokenizer,
-        max_batch_size: int = 16,
-        batch_wait_s: float = 0.01,
-        prefill_logits_budget: int = 2**26,
-    ):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, **settings):
+        self.settings = s = EngineSettings(**settings)
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.context_length = model.config.context_length
-        self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
-        self.prefill_logits_budget = prefill_logits_budget  # elements: 2**26 fp32 is 256 MiB
         self.stop_ids = set(tokenizer.stop_ids)
+        self.metrics = EngineMetrics()
         self.largest_batch = 0  # reported by /health: shows that concurrent requests batch
-        self._pending: queue.Queue[Row | None] = queue.Queue()
+        dtype = model.token_embedding.weight.dtype
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            dtype = torch.float32
+        self.store = SlotStore(model.config, s.max_batch_size + s.prefill_rows, self.device, dtype)
+        self.prefix = PrefixCache(s.prefix_block, s.kv_cache_memory)
+        self.waiting: deque[Row] = deque()
+        self.prefilling: list[Sequence] = []
+        self.decoding: list[Sequence] = []  # decoding[i] lives in slot i
+        self.free_prefill_slots = list(range(s.max_batch_size, self.store.slots))
+        self._incoming: queue.Queue[Row | None] = queue.Queue()
+        self._queued = 0  # rows submitted and not yet admitted (or dropped)
+        self._lock = threading.Lock()
+        self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
 
     def start(self) -> None:
@@ -134,135 +91,244 @@ class Engine:
 
     def stop(self) -> None:
         """Finish the rows already submitted, then end the engine thread."""
-        self._pending.put(None)
+        self._incoming.put(None)
         self._thread.join()
 
     def submit(self, rows: list[Row]) -> None:
+        """Queue rows (all or none); QueueFull when the queue would pass `max_queue`."""
+        with self._lock:
+            if self._queued + len(rows) > self.settings.max_queue:
+                self.metrics.rejected.inc()
+                raise QueueFull(f"{self._queued} rows are waiting (--max_queue)")
+            self._queued += len(rows)
+        if self.settings.request_timeout is not None:
+            for row in rows:
+                row.deadline = row.arrived + self.settings.request_timeout
         for row in rows:
-            self._pending.put(row)
+            self._incoming.put(row)
 
-    def _next_batch(self) -> list[Row] | None:
-        first = self._pending.get()
-        if first is None:
-            return None
-        batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
-            try:
-                row = self._pending.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                break
-            if row is None:
-                self._pending.put(None)  # stop after this batch
-                break
-            batch.append(row)
-        return batch
+    # --- the engine thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            batch = [row for row in batch if not row.cancelled]
-            if not batch:
-                continue
+        while True:
+            idle = not (self.waiting or self.prefilling or self.decoding)
+            if idle:
+                if self._stopping:
+                    return
+                self._release_memory()
+            self._take_incoming(block=idle)
             try:
                 with torch.inference_mode():
-                    self._decode(batch)
-            except Exception as error:  # one bad batch must not take the server down
-                log.exception("batch of %d rows failed", len(batch))
-                for row in batch:
-                    row.emit(("error", row.index, f"{type(error).__name__}: {error}"))
+                    self._step()
+            except Exception as error:  # one bad step must not take the server down
+                log.exception("engine step failed")
+                self._fail_running(f"{type(error).__name__}: {error}")
 
-    def _decode(self, rows: list[Row]) -> None:
-        model, device = self.model, self.device
-        self.largest_batch = max(self.largest_batch, len(rows))
-        tokens, pads, positions = _left_pad([r.prompt_ids for r in rows], device)
-        cache, last, prompt_scores = self._prefill(rows, tokens, pads, positions)
-        live = [_Decoding(row, self.tokenizer, device) for row in rows]
-        next_position = positions[:, -1:] + 1
-        origin = list(range(len(rows)))  # batch position -> index into `rows`
+    def _release_memory(self) -> None:
+        for slot in range(self.store.slots):
+            self.store.lengths[slot] = 0
+        if self.store.capacity > 256:
+            self.store.reset()
+
+    def _take_incoming(self, block: bool) -> None:
         while True:
-            chosen = self._pick(last, live)
-            keep = []
-            for i, (state, token) in enumerate(zip(live, chosen.tolist(), strict=True)):
-                finish = self._advance(state, token, last[i])
-                if finish is None:
-                    keep.append(i)
-                else:
-                    scores = prompt_scores.get(origin[i])
-                    state.row.emit(("done", state.row.index, finish, state.generated, scores))
-            if not keep:
+            try:
+                item = self._incoming.get(block=block)
+            except queue.Empty:
                 return
-            if len(keep) < len(live):
-                index = torch.tensor(keep, device=device)
-                keep_cache_rows(cache, index)
-                chosen, next_position = chosen[index], next_position[index]
-                live, origin = [live[i] for i in keep], [origin[i] for i in keep]
-            last = model(chosen[:, None], cache=cache, positions=next_position)[:, -1]
-            next_position = next_position + 1
+            block = False
+            if item is None:
+                self._stopping = True
+            else:
+                self.waiting.append(item)
 
-    def _prefill(self, rows: list[Row], tokens, pads, positions):
-        """Fill one KV cache with the left-padded prompts (B, T); returns it, the last
-        position's logits (B, vocab) and the echoed rows' prompt logprobs by row.
+    def _dequeued(self, count: int = 1) -> None:
+        with self._lock:
+            self._queued -= count
 
-        The forward pass yields logits for every prompt position, B x T x vocab floats (16
-        rows of 8k tokens of a 49k vocabulary would be 25 GB), so rows are prefilled in groups
-        that keep it under `prefill_logits_budget` elements, and the caches joined after."""
-        config, device = self.model.config, self.device
-        needed = max(len(r.prompt_ids) + r.max_tokens for r in rows)
-        cache_len = min(self.context_length, -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING)
-        cache_type = StaticKVCache if static_cache_supported(config) else KVCache
-        dtype = self.model.token_embedding.weight.dtype
-        group = max(1, self.prefill_logits_budget // (tokens.shape[1] * config.vocab_size))
-        caches, lasts, scores = [], [], {}
-        for start in range(0, len(rows), group):
-            part = slice(start, start + group)
-            cache = cache_type(config, len(rows[part]), cache_len, device, dtype)
-            cache.set_padding(pads[part])
-            logits = self.model(tokens[part], cache=cache, positions=positions[part])
-            for i in range(start, start + len(rows[part])):
-                if rows[i].echo_logprobs:
-                    row_logits = logits[i - start, int(pads[i]) :]
-                    scores[i] = prompt_logprobs(
-                        row_logits, rows[i].prompt_ids, rows[i].logprobs or 0
-                    )
-            caches.append(cache)
-            lasts.append(logits[:, -1])
-        return join_caches(caches), torch.cat(lasts), scores
+    def _step(self) -> None:
+        self._drop_stale(time.monotonic())
+        self._admit()
+        self._prefill(self.settings.max_step_tokens - len(self.decoding))
+        if self.decoding:
+            self._decode()
+        self.metrics.queue_depth.set(self._queued)
+        self.metrics.running.set(len(self.prefilling) + len(self.decoding))
+        self.metrics.cache_bytes.set(self.prefix.bytes)
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, live: list[_Decoding]) -> torch.Tensor:
-        """One token per row (B,): argmax for greedy rows, each sampled row with its settings."""
-        chosen = logits.argmax(dim=-1)
-        for i, state in enumerate(live):
-            row = state.row
-            if row.temperature > 0:
-                scaled = filter_logits(
-                    logits[i : i + 1].float() / row.temperature, row.top_k, row.top_p
-                )
-                probs = scaled.softmax(dim=-1)
-                chosen[i] = torch.multinomial(probs, 1, generator=state.generator)[0, 0]
-        return chosen
+    def _drop_stale(self, now: float) -> None:
+        """Rows whose client left, and rows past their deadline (504)."""
+        for row in list(self.waiting):
+            if row.cancelled or _late(row, now):
+                self.waiting.remove(row)
+                self._dequeued()
+                self._end_unstarted(row)
+        for seq in self.prefilling + self.decoding:
+            if seq.row.cancelled:
+                self._finish(seq, "cancelled")
+            elif _late(seq.row, now):
+                self._finish(seq, None)
 
-    def _advance(self, state: _Decoding, token: int, logits: torch.Tensor) -> str | None:
+    def _end_unstarted(self, row: Row) -> None:
+        if row.cancelled:
+            row.emit(("done", row.index, "cancelled", 0, None, 0))
+            self.metrics.requests.labels("cancelled").inc()
+        else:
+            row.emit(("error", row.index, _timeout_message(self.settings), 504))
+            self.metrics.requests.labels("timeout").inc()
+
+    def _admit(self) -> None:
+        limit = self.settings.max_batch_size
+        while (
+            self.waiting
+            and self.free_prefill_slots
+            and len(self.decoding) + len(self.prefilling) < limit
+        ):
+            row = self.waiting.popleft()
+            self._dequeued()
+            seq = Sequence(row, self.tokenizer, self.device)
+            seq.slot = self.free_prefill_slots.pop()
+            cached, parts = 0, None
+            if not row.echo_logprobs:  # echo needs the logits of every prompt token
+                cached, parts = self.prefix.lookup(row.prompt_ids, len(row.prompt_ids) - 1)
+            if parts is not None:
+                self.store.write(seq.slot, 0, parts)
+            self.store.lengths[seq.slot] = cached
+            seq.prefilled = seq.cached = cached
+            if row.echo_logprobs:
+                seq.prompt_scores = []
+            self.metrics.count_prompt(len(row.prompt_ids), cached)
+            self.prefilling.append(seq)
+
+    def _prefill(self, budget: int) -> None:
+        """Prompt chunks, oldest row first, until the budget is spent (at least one chunk)."""
+        vocab = self.model.config.vocab_size
+        for seq in list(self.prefilling):
+            prompt = seq.row.prompt_ids
+            chunk = min(len(prompt) - seq.prefilled, max(budget, 1))
+            if seq.row.echo_logprobs:
+                chunk = min(chunk, max(1, self.settings.prefill_logits_budget // vocab))
+            start = seq.prefilled
+            view = self.store.view(seq.slot, 1, chunk)
+            tokens = torch.tensor([prompt[start : start + chunk]], device=self.device)
+            echo = seq.row.echo_logprobs
+            logits = self.model(tokens, cache=view, positions=view.positions(), last_only=not echo)
+            if echo:
+                count = seq.row.logprobs or 0
+                seq.prompt_scores += score_prompt_chunk(logits[0], prompt, start, count)
+            seq.prefilled += chunk
+            budget -= chunk
+            if seq.prefilled == len(prompt):
+                self._first_token(seq, logits[0, -1])
+            if budget <= 0:
+                return
+
+    def _first_token(self, seq: Sequence, logits: torch.Tensor) -> None:
+        self.prefilling.remove(seq)
+        self.prefix.insert(seq.row.prompt_ids, lambda a, b: self.store.read(seq.slot, a, b))
+        token = int(pick_tokens(logits[None], [seq])[0])
+        finish = self._advance(seq, token, logits)
+        if finish is not None:
+            self.free_prefill_slots.append(seq.slot)
+            self._report(seq, finish)
+            return
+        target = len(self.decoding)
+        self.store.move(seq.slot, target)
+        self.free_prefill_slots.append(seq.slot)
+        seq.slot, seq.pending = target, token
+        self.decoding.append(seq)
+        self.largest_batch = max(self.largest_batch, len(self.decoding))
+
+    def _decode(self) -> None:
+        rows = self.decoding
+        view = self.store.view(0, len(rows), 1)
+        tokens = torch.tensor([[seq.pending] for seq in rows], device=self.device)
+        logits = self.model(tokens, cache=view, positions=view.positions(), last_only=True)
+        logits = logits[:, -1]
+        chosen = pick_tokens(logits, rows).tolist()
+        for i, (seq, token) in reversed(list(enumerate(zip(rows, chosen, strict=True)))):
+            finish = self._advance(seq, token, logits[i])
+            if finish is None:
+                seq.pending = token
+            else:
+                self._finish(seq, finish)
+
+    def _advance(self, seq: Sequence, token: int, logits: torch.Tensor) -> str | None:
         """Hand a row its new token; the finish reason when the row is done, else None."""
-        row = state.row
-        state.generated += 1
+        row = seq.row
+        seq.generated.append(token)
+        self._time_token(seq)
         if row.cancelled:
             return "cancelled"
         if token in self.stop_ids:
-            row.emit(("text", row.index, state.text.flush(), []))
+            row.emit(("text", row.index, seq.text.flush(), []))
             return "stop"
         scores = []
         if row.logprobs is not None:
             logprobs = logits.float().log_softmax(dim=-1)
             top = top_logprobs(logprobs, row.logprobs)
             scores = [TokenLogprob(token, float(logprobs[token]), top)]
-        piece, stopped = state.text.push(token)
+        piece, stopped = seq.text.push(token)
         if stopped:
             row.emit(("text", row.index, piece, scores))
             return "stop"
-        if state.generated >= row.max_tokens:
-            row.emit(("text", row.index, piece + state.text.flush(), scores))
+        if len(seq.generated) >= row.max_tokens:
+            row.emit(("text", row.index, piece + seq.text.flush(), scores))
             return "length"
         if piece or scores:
             row.emit(("text", row.index, piece, scores))
         return None
+
+    def _time_token(self, seq: Sequence) -> None:
+        now = time.monotonic()
+        if seq.last_token_time is None:
+            self.metrics.ttft.observe(now - seq.row.arrived)
+        else:
+            self.metrics.inter_token.observe(now - seq.last_token_time)
+        seq.last_token_time = now
+        self.metrics.generated_tokens.inc()
+
+    def _finish(self, seq: Sequence, finish: str | None) -> None:
+        """Take a running row out of the batch (finish None: it timed out) and report it."""
+        if seq in self.prefilling:
+            self.prefilling.remove(seq)
+            self.free_prefill_slots.append(seq.slot)
+        else:
+            i, last = self.decoding.index(seq), len(self.decoding) - 1
+            tokens = seq.tokens_in_cache(self.store.lengths[i])
+            self.prefix.insert(tokens, lambda a, b: self.store.read(i, a, b))
+            if i != last:  # keep the running rows in slots [0, D)
+                self.store.move(last, i)
+                self.decoding[i] = self.decoding[last]
+                self.decoding[i].slot = i
+            self.decoding.pop()
+        if finish is None:
+            seq.row.emit(("error", seq.row.index, _timeout_message(self.settings), 504))
+            self.metrics.requests.labels("timeout").inc()
+        else:
+            self._report(seq, finish)
+
+    def _report(self, seq: Sequence, finish: str) -> None:
+        row = seq.row
+        row.emit(("done", row.index, finish, len(seq.generated), seq.prompt_scores, seq.cached))
+        self.metrics.requests.labels(finish).inc()
+        self.metrics.duration.observe(time.monotonic() - row.arrived)
+
+    def _fail_running(self, message: str) -> None:
+        for seq in self.prefilling + self.decoding:
+            seq.row.emit(("error", seq.row.index, message, 500))
+            self.metrics.requests.labels("error").inc()
+        self.prefilling, self.decoding = [], []
+        self.free_prefill_slots = list(range(self.settings.max_batch_size, self.store.slots))
+        self._release_memory()
+
+
+def _late(row: Row, now: float) -> bool:
+    return row.deadline is not None and now > row.deadline
+
+
+def _timeout_message(settings: EngineSettings) -> str:
+    return (
+        f"the request ran past this server's {settings.request_timeout:g} s limit "
+        "(--request_timeout); ask for fewer tokens or retry when the server is less busy"
+    )

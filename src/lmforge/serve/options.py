@@ -23,7 +23,18 @@ class ServeCommand:
     model_name: str | None = None
     """The model id clients name in requests; default: the checkpoint directory's name."""
     max_batch_size: int = 16
-    """Most prompts decoded together in one batch."""
+    """Most prompts decoded together; more wait in the queue and join as rows finish."""
+    max_step_tokens: int = 512
+    """Tokens one engine step processes: one per decoding row, the rest for chunks of new
+    prompts (a smaller value keeps running rows' inter-token time lower while long prompts
+    are prefilled; a larger one prefills faster)."""
+    max_queue: int = 256
+    """Most prompts waiting for a batch slot; requests beyond it get 429."""
+    request_timeout: float = 600.0
+    """Seconds a request may take from arrival to its last token (504 after); 0: no limit."""
+    kv_cache_memory: str = "1GiB"
+    """Memory for the prefix cache (keys/values of recent prompts, reused by requests that
+    start the same way), e.g. 512MiB or 2GB; 0 turns it off."""
     max_tokens_cap: int = 4096
     """Most tokens one prompt of a request may ask to generate."""
     max_body_bytes: int = 4 * 2**20

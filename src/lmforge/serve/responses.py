@@ -10,8 +10,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from lmforge.serve.engine import Row, TokenLogprob
 from lmforge.serve.protocol import APIError
+from lmforge.serve.rows import Row, TokenLogprob
 from lmforge.tokenizer import Tokenizer
 
 
@@ -22,6 +22,7 @@ class RowResult:
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int = 0
 
 
 class Collector:
@@ -51,12 +52,20 @@ class Collector:
             kind, index = event[0], event[1]
             result = self.results[index]
             if kind == "error":
-                raise APIError(500, f"decoding failed: {event[2]}", type="server_error")
+                status = event[3]
+                if status == 504:
+                    raise APIError(504, event[2], None, "timeout", type="server_error")
+                raise APIError(status, f"decoding failed: {event[2]}", type="server_error")
             if kind == "text":
                 result.text += event[2]
                 result.logprobs.extend(event[3])
             else:
-                result.finish_reason, result.completion_tokens, result.prompt_logprobs = event[2:]
+                (
+                    result.finish_reason,
+                    result.completion_tokens,
+                    result.prompt_logprobs,
+                    result.cached_tokens,
+                ) = event[2:]
                 remaining -= 1
             yield event
 
@@ -70,11 +79,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage object; cached_tokens: prompt tokens the prefix cache served."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 

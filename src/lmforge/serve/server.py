@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import uvicorn
 from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
 from lmforge.inference.decoding import prepare_for_decoding
+from lmforge.parallel.plan_command import parse_memory
 from lmforge.runtime import pick_device
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
@@ -64,32 +66,49 @@ def check_command(command: ServeCommand) -> str | None:
             f"--host {command.host} is reachable from other machines; set --api_key (or "
             f"${API_KEY_ENV}) so that clients must send it, or bind 127.0.0.1"
         )
-    for name in ("max_batch_size", "max_tokens_cap", "max_body_bytes"):
+    for name in ("max_batch_size", "max_tokens_cap", "max_body_bytes", "max_step_tokens"):
         if getattr(command, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
+    if command.max_queue < 0:
+        raise ConfigError("--max_queue must be 0 or more (0 refuses every request with 429)")
+    if not math.isfinite(command.request_timeout) or command.request_timeout < 0:
+        raise ConfigError("--request_timeout must be a number of seconds, 0 for no limit")
     return api_key
+
+
+def engine_settings(command: ServeCommand) -> dict:
+    """The engine's settings from the command line's (checked by `check_command` first)."""
+    memory = command.kv_cache_memory.strip()
+    return dict(
+        max_batch_size=command.max_batch_size,
+        max_step_tokens=command.max_step_tokens,
+        max_queue=command.max_queue,
+        request_timeout=command.request_timeout or None,
+        kv_cache_memory=0 if memory == "0" else parse_memory(memory, "--kv_cache_memory"),
+    )
 
 
 def serve(command: ServeCommand) -> None:
     api_key = check_command(command)
+    settings = engine_settings(command)
     device = pick_device(command.device)
     model, tokenizer, directory = load_model(command.checkpoint, device)
     model, weights = prepare_for_decoding(model, directory, command.dtype, command.quantize)
-    settings = ServeSettings(
+    serve_settings = ServeSettings(
         model_name=command.model_name or Path(directory).resolve().name,
         api_key=api_key,
         max_body_bytes=command.max_body_bytes,
         max_tokens_cap=command.max_tokens_cap,
         template=command.template,
     )
-    engine = Engine(model, tokenizer, max_batch_size=command.max_batch_size)
+    engine = Engine(model, tokenizer, **settings)
     state = ServerState()
-    app = create_app(engine, settings, state)
+    app = create_app(engine, serve_settings, state)
     config = uvicorn.Config(
         app, host=command.host, port=command.port, log_level=command.log_level, access_log=False
     )
     print(
-        f"serving {directory} as '{settings.model_name}' ({weights}) on "
+        f"serving {directory} as '{serve_settings.model_name}' ({weights}) on "
         f"http://{command.host}:{command.port}/v1",
         flush=True,
     )
