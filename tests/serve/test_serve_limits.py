@@ -9,10 +9,12 @@ import httpx
 import pytest
 from serve_fixtures import (
     Server,
+    reference,  # noqa: F401 (fixture)
     serve_checkpoint,  # noqa: F401 (fixture)
 )
 
 from lmforge.errors import ConfigError
+from lmforge.inference.generate import SamplingConfig, generate
 from lmforge.serve.options import ServeCommand
 from lmforge.serve.server import check_command, engine_settings
 
@@ -58,9 +60,19 @@ def test_second_turn_reuses_the_first_turns_prefix_and_metrics_count_it(server):
     assert "lmforge_queue_depth" in values and "lmforge_running_rows" in values
 
 
-def test_requests_beyond_the_queue_get_429_and_the_connection_stays_usable(server):
-    body = {"model": "tiny-chat", "prompt": "once", "max_tokens": 300, "stream": True,
-            "temperature": 1.0, "seed": 1}  # fmt: skip
+def endless_prompt(model, tokenizer) -> str:
+    """A prompt whose greedy continuation runs 300 tokens without a stop token."""
+    config = SamplingConfig(max_new_tokens=300, temperature=0, stop_tokens=tokenizer.stop_ids)
+    for prompt in ("once", "the", "a b", "def", "hello there", "x"):
+        if len(generate(model, [tokenizer.encode(prompt)], config)[0]) == 300:
+            return prompt
+    raise AssertionError("no prompt of this tiny model runs 300 tokens")
+
+
+def test_requests_beyond_the_queue_get_429_and_the_connection_stays_usable(server, reference):  # noqa: F811
+    prompt = endless_prompt(*reference)
+    body = {"model": "tiny-chat", "prompt": prompt, "max_tokens": 300, "stream": True,
+            "temperature": 0}  # fmt: skip
     with httpx.Client(base_url=server.base, timeout=60) as client:
         with client.stream("POST", "/v1/completions", json=body) as running:
             lines = running.iter_lines()

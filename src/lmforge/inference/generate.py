@@ -37,8 +37,19 @@ def next_tokens(
     if config.temperature <= 0:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(logits.softmax(dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row (B,) drawn from probs (B, vocab) by inverting the cumulative sum.
+
+    Same distribution as torch.multinomial(probs, 1), which on a CPU took 24 ms for one row of
+    SmolLM2's 49k vocabulary (it draws as if without replacement); this takes 0.2 ms. Searching
+    with right=True never lands on a zero-probability token (u may be 0, never 1)."""
+    cumulative = probs.float().cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    chosen = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
+    return chosen.clamp(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 def _left_pad(rows: list[list[int]], device: torch.device):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmforge.inference.generate import filter_logits
+from lmforge.inference.generate import draw, filter_logits
 from lmforge.serve.text_stream import TextStream
 from lmforge.tokenizer import Tokenizer
 
@@ -101,6 +101,5 @@ def pick_tokens(logits: torch.Tensor, rows: list[Sequence]) -> torch.Tensor:
             scaled = filter_logits(
                 logits[i : i + 1].float() / row.temperature, row.top_k, row.top_p
             )
-            probs = scaled.softmax(dim=-1)
-            chosen[i] = torch.multinomial(probs, 1, generator=state.generator)[0, 0]
+            chosen[i] = draw(scaled.softmax(dim=-1), state.generator)[0]
     return chosen

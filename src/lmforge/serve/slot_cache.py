@@ -161,7 +161,9 @@ class RowMasks(AttentionMasks):
             allowed = allowed & (key > query - window)
         allowed = allowed.unsqueeze(1)  # (B, 1, T, S)
         if alibi_heads is None:
-            return allowed
+            # an additive mask: SDPA on a CPU ran 5x faster with it than with a boolean one
+            # over the slot buffer's strided keys (3.6 ms -> 0.65 ms, 16 rows of SmolLM2)
+            return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, -torch.inf)
         distance = (query - key).clamp(min=0).float().unsqueeze(1)  # (B, 1, T, S)
         bias = -alibi_slopes(alibi_heads).to(self.device)[None, :, None, None] * distance
         return bias.masked_fill(~allowed, float("-inf"))  # (B, H, T, S)
