@@ -178,3 +178,15 @@ def test_next_tokens_greedy_and_top_k_1():
     config = SamplingConfig(temperature=5.0, top_k=1)
     for _ in range(5):
         assert next_tokens(logits, config, generator).tolist() == [1, 0]
+
+
+def test_draw_follows_the_distribution_and_never_picks_a_zero():
+    from lmforge.inference.generate import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0]]).repeat(20000, 1)
+    chosen = draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(chosen, minlength=6).float() / len(chosen)
+    assert counts[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(counts, probs[0], atol=0.015, rtol=0)
+    repeat = draw(probs[:5], torch.Generator().manual_seed(3))
+    assert torch.equal(repeat, draw(probs[:5], torch.Generator().manual_seed(3)))
