@@ -127,3 +127,21 @@ class Server:
                 self.process.kill()
                 self.output, _ = self.process.communicate()
         return self.output
+
+
+@pytest.fixture(scope="module")
+def app_client(reference):
+    """The app in this process (no socket, no subprocess) on the reference model: a TestClient
+    whose requests name the model "tiny-chat"."""
+    from fastapi.testclient import TestClient
+
+    from lmforge.serve.app import ServeSettings, create_app
+    from lmforge.serve.engine import Engine
+
+    model, tokenizer = reference
+    engine = Engine(model, tokenizer)
+    engine.start()
+    settings = ServeSettings("tiny-chat", max_tokens_cap=300, max_body_bytes=65536)
+    with TestClient(create_app(engine, settings)) as client:
+        yield client
+    engine.stop()

@@ -6,13 +6,12 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
-from lmforge.inference.decoding import prepare_for_decoding, should_compile
+from lmforge.inference.decoding import should_compile
 from lmforge.inference.generate import generate
+from lmforge.inference.language_model import open_for_decoding
 from lmforge.inference.options import DecodeOptions
 from lmforge.inference.sample import StreamPrinter
-from lmforge.runtime import pick_device
 from lmforge.sampling_validation import check_sampling_options
 from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
@@ -53,9 +52,9 @@ def chat(
     check_sampling_options(
         options.max_new_tokens, options.temperature, options.top_k, options.top_p
     )
-    device = pick_device(options.device)
-    model, tokenizer, directory = load_model(checkpoint, device)
-    model, weights = prepare_for_decoding(model, directory, options.dtype, options.quantize)
+    model, tokenizer, _, weights = open_for_decoding(
+        checkpoint, options.device, options.dtype, options.quantize
+    )
     encode_chat(tokenizer, [{"role": "user", "content": "hi"}], template)  # fail early
     context = model.config.context_length
     if options.max_new_tokens >= context:

@@ -22,7 +22,8 @@ class SampleCommand:
     """Generate text from a checkpoint."""
 
     checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    """An lmforge checkpoint or run directory (its last checkpoint), a .gguf file or a Hugging
+    Face model directory."""
     prompt: tuple[str, ...] = ("",)
     """One or more prompts, decoded as one batch."""
     stop_at_end_of_text: bool = True
@@ -41,7 +42,8 @@ class ChatCommand:
     """Chat with a model in the terminal, through its chat template, streaming the replies."""
 
     checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    """An lmforge checkpoint or run directory (its last checkpoint), a .gguf file or a Hugging
+    Face model directory."""
     system: str | None = None
     """System prompt put at the start of the conversation."""
     template: str | None = None

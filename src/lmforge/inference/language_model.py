@@ -168,6 +168,16 @@ def load(
     dtype: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16. quantize: none (default), int8,
     int4, or auto (a GGUF's own precision on CPU); quantized weights change scores slightly.
     """
+    model, tokenizer, source, _ = open_for_decoding(path, device, dtype, quantize)
+    return LanguageModel(model, tokenizer, source, batch_size)
+
+
+def open_for_decoding(
+    path: str | Path, device: str, dtype: str, quantize: str
+) -> tuple[Transformer, Tokenizer, Path, str]:
+    """The model ready to decode, its tokenizer, the checkpoint directory or file it came from,
+    and a short description of its precision. What `load`, `sample`, `chat` and `serve` all open,
+    so the four accept the same sources (see `load`)."""
     torch_device = pick_device(device)
     source = Path(path).expanduser()
     if not (source.is_file() or _is_hf_dir(source)):  # an lmforge checkpoint or run dir
@@ -179,8 +189,8 @@ def load(
         model = model_from_state(config, state).to(torch_device)
         if quantize == "auto":
             quantize = _gguf_plan(source) if source.suffix == ".gguf" else "none"
-    model, _ = prepare_for_decoding(model, source, dtype, quantize)
-    return LanguageModel(model.eval(), tokenizer, source, batch_size)
+    model, weights = prepare_for_decoding(model, source, dtype, quantize)
+    return model.eval(), tokenizer, source, weights
 
 
 def _is_hf_dir(path: Path) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,12 +10,13 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError
-from lmforge.serve.engine import Engine, QueueFull, Row
+from lmforge.serve.choices import best_rows, chat_choices, chat_logprobs, make_rows
+from lmforge.serve.engine import Engine, QueueFull
 from lmforge.serve.gate import Gate, ServerState
+from lmforge.serve.parsing import read_json, validate
 from lmforge.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -28,12 +28,14 @@ from lmforge.serve.protocol import (
 from lmforge.serve.responses import (
     Collector,
     completion_choice,
+    completion_logprobs,
     envelope,
     new_id,
     sse,
     usage,
 )
 from lmforge.serve.tokenizer_routes import add_tokenizer_routes, start_marker
+from lmforge.tokenizer import Tokenizer
 from lmforge.tokenizer.chat import encode_chat
 
 RequestModel = TypeVar("RequestModel", bound=SamplingRequest)
@@ -73,6 +75,7 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await parse(request, CompletionRequest, settings)
+        check_logit_bias(engine, body)
         max_tokens = body.max_tokens or 16
         texts, prompts = [], []
         for prompt in body.prompts() or [""]:
@@ -81,27 +84,29 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
             texts.append(prompt if isinstance(prompt, str) else engine.tokenizer.decode(ids))
             prompts.append(ids)
         logprobs = body.logprobs is not None
-        collector = start_rows(engine, body, prompts, max_tokens, logprobs, body.echo)
+        k = body.candidates()
+        # best_of ranks candidates by their logprobs, so they are computed even when not asked.
+        top = body.logprobs if logprobs else (0 if k > body.n else None)
+        collector = start_rows(engine, body, prompts, k, max_tokens, top, body.echo and logprobs)
         request_id = new_id("cmpl")
         if body.stream:
-            chunks = stream_completion(collector, body, request_id)
+            chunks = stream_completion(collector, body, request_id, engine.tokenizer, texts)
             return StreamingResponse(guard(chunks, collector), media_type="text/event-stream")
         results = await wait_for(collector)
         choices = [
-            completion_choice(engine.tokenizer, i, r, texts[i], body.echo, logprobs)
-            for i, r in enumerate(results)
+            completion_choice(
+                engine.tokenizer, index, results[row], texts[row // k], body.echo, logprobs
+            )
+            for index, row in enumerate(best_rows(results, len(prompts), k, body.n))
         ]
-        cached = sum(r.cached_tokens for r in results)
+        cached = sum(r.cached_tokens for r in results[::k])
         tokens = usage(sum(map(len, prompts)), sum(r.completion_tokens for r in results), cached)
         return envelope("text_completion", request_id, body.model, choices, usage=tokens)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await parse(request, ChatCompletionRequest, settings)
-        if body.logprobs:
-            raise APIError(
-                400, "logprobs are not supported for chat; use /v1/completions", "logprobs"
-            )
+        check_logit_bias(engine, body)
         messages = [message.as_dict() for message in body.messages]
         try:
             ids = encode_chat(engine.tokenizer, messages, settings.template)
@@ -109,22 +114,19 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
             raise APIError(400, str(error), "messages") from None
         cap = settings.max_tokens_cap
         max_tokens = body.token_limit() or max(min(cap, engine.context_length - len(ids)), 1)
-        check_lengths(ids, max_tokens, engine.context_length, cap, "messages")
-        collector = start_rows(engine, body, [ids], max_tokens, False, False)
+        limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        check_lengths(ids, max_tokens, engine.context_length, cap, "messages", limit)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        collector = start_rows(engine, body, [ids], body.n, max_tokens, top, False)
         request_id = new_id("chatcmpl")
         if body.stream:
-            chunks = stream_chat(collector, body, request_id, len(ids))
+            chunks = stream_chat(collector, body, request_id, len(ids), engine.tokenizer)
             return StreamingResponse(guard(chunks, collector), media_type="text/event-stream")
-        (result,) = await wait_for(collector)
-        message = {"role": "assistant", "content": result.text}
-        choice = {
-            "index": 0,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": result.finish_reason,
-        }
-        tokens = usage(len(ids), result.completion_tokens, result.cached_tokens)
-        return envelope("chat.completion", request_id, body.model, [choice], usage=tokens)
+        results = await wait_for(collector)
+        choices = chat_choices(engine.tokenizer, results, bool(body.logprobs))
+        completion_tokens = sum(r.completion_tokens for r in results)
+        tokens = usage(len(ids), completion_tokens, results[0].cached_tokens)
+        return envelope("chat.completion", request_id, body.model, choices, usage=tokens)
 
     return Gate(app, state, settings.api_key, settings.max_body_bytes)
 
@@ -134,27 +136,10 @@ async def parse(
 ) -> RequestModel:
     """The body as `model`, whatever the content type says (curl -d sends a form type);
     400 for bad JSON or a bad field, 404 for a model this server does not serve."""
-    try:
-        data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise APIError(400, "the request body is not valid JSON; send a JSON object") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "the request body must be a JSON object")
-    try:
-        body = model.model_validate(data)
-    except ValidationError as error:
-        raise invalid_field(error.errors()[0]) from None
+    body = validate(read_json(await request.body()), model)
+    body.cross_checks()
     check_model(body, settings)
     return body
-
-
-def invalid_field(first: dict) -> APIError:
-    location = [str(part) for part in first.get("loc", ())]
-    field = ".".join(location)
-    if first.get("type") == "missing":
-        return APIError(400, f"'{field}' is a required field", location[0])
-    message = first.get("msg", "invalid value").removeprefix("Value error, ")
-    return APIError(400, f"{field}: {message}", location[0] if location else None)
 
 
 def check_model(body: SamplingRequest, settings: ServeSettings) -> None:
@@ -176,34 +161,30 @@ def encode_completion_prompt(engine: Engine, prompt: str | list[int]) -> list[in
     return prompt
 
 
+def check_logit_bias(engine: Engine, body: SamplingRequest) -> None:
+    vocab = engine.model.config.vocab_size
+    for token in body.token_bias() or {}:
+        if token >= vocab:
+            raise APIError(
+                400, f"logit_bias: token id {token} is not in [0, {vocab})", "logit_bias"
+            )
+
+
 def start_rows(
     engine: Engine,
     body: SamplingRequest,
     prompts: list[list[int]],
+    candidates: int,
     max_tokens: int,
-    logprobs: bool,
-    echo: bool,
+    top: int | None,
+    echo_logprobs: bool,
 ) -> Collector:
-    collector = Collector(len(prompts))
-    top = getattr(body, "logprobs", None) if logprobs else None
-    collector.rows = [
-        Row(
-            index=i,
-            prompt_ids=ids,
-            max_tokens=max_tokens,
-            emit=collector.emit,
-            temperature=body.temperature,
-            top_k=body.top_k_or_none(),
-            top_p=body.top_p_or_none(),
-            seed=body.seed,
-            stop=body.stop_strings(),
-            logprobs=top,
-            echo_logprobs=echo and logprobs,
-        )  # fmt: skip
-        for i, ids in enumerate(prompts)
-    ]
+    """Submit `candidates` rows per prompt; top: alternatives per token (None: no logprobs)."""
+    collector = Collector(len(prompts) * candidates)
+    rows = make_rows(body, prompts, candidates, max_tokens, collector.emit, top, echo_logprobs)
+    collector.rows = rows
     try:
-        engine.submit(collector.rows)
+        engine.submit(rows)
     except QueueFull:
         message = (
             f"the server is busy: more than {engine.settings.max_queue} prompts are waiting "
@@ -231,40 +212,60 @@ async def guard(chunks: AsyncIterator[str], collector: Collector) -> AsyncIterat
         collector.cancel()
 
 
-async def stream_completion(collector: Collector, body: CompletionRequest, request_id: str):
+async def stream_completion(
+    collector: Collector,
+    body: CompletionRequest,
+    request_id: str,
+    tokenizer: Tokenizer,
+    texts: list[str],
+):
     completion_tokens = cached = 0
+    # logprobs' text_offset counts from the prompt's start, as without streaming.
+    offsets = {i: len(texts[i // body.n]) for i in range(len(collector.rows))}
     async for event in collector.events():
         kind, index = event[0], event[1]
         text = event[2] if kind == "text" else ""
         finish = event[2] if kind == "done" else None
         if kind == "done":
             completion_tokens += event[3]
-            cached += event[5]
-        if text or finish:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            cached += event[5] if index % body.n == 0 else 0  # once per prompt
+        logprobs = None
+        if kind == "text" and body.logprobs is not None and event[3]:
+            logprobs = completion_logprobs(tokenizer, event[3], offsets[index])
+            offsets[index] = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
+        if text or finish or logprobs:
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
             yield sse(envelope("text_completion", request_id, body.model, [choice]))
     if body.include_usage():
-        prompt_tokens = sum(len(row.prompt_ids) for row in collector.rows)
+        prompt_tokens = sum(len(row.prompt_ids) for row in collector.rows[:: body.n])
         tokens = usage(prompt_tokens, completion_tokens, cached)
         yield sse(envelope("text_completion", request_id, body.model, [], usage=tokens))
     yield sse("[DONE]")
 
 
 async def stream_chat(
-    collector: Collector, body: ChatCompletionRequest, request_id: str, prompt_tokens: int
+    collector: Collector,
+    body: ChatCompletionRequest,
+    request_id: str,
+    prompt_tokens: int,
+    tokenizer: Tokenizer,
 ):
-    def chunk(delta: dict, finish: str | None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(index: int, delta: dict, finish: str | None, logprobs=None) -> str:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return sse(envelope("chat.completion.chunk", request_id, body.model, [choice]))
 
-    yield chunk({"role": "assistant", "content": ""}, None)
+    for index in range(body.n):
+        yield chunk(index, {"role": "assistant", "content": ""}, None)
     completion_tokens = cached = 0
     async for event in collector.events():
-        if event[0] == "text" and event[2]:
-            yield chunk({"content": event[2]}, None)
+        index = event[1]
+        logprobs = chat_logprobs(tokenizer, event[3]) if event[0] == "text" and event[3] else None
+        if event[0] == "text" and (event[2] or logprobs):
+            yield chunk(index, {"content": event[2]}, None, logprobs)
         elif event[0] == "done":
-            completion_tokens, cached = event[3], event[5]
-            yield chunk({}, event[2])
+            completion_tokens += event[3]
+            cached = event[5] if index == 0 else cached
+            yield chunk(index, {}, event[2])
     if body.include_usage():
         tokens = usage(prompt_tokens, completion_tokens, cached)
         yield sse(envelope("chat.completion.chunk", request_id, body.model, [], usage=tokens))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from dataclasses import dataclass
 
 from lmforge.serve.protocol import error_body
+
+log = logging.getLogger("lmforge.serve")
 
 
 @dataclass
@@ -51,8 +54,21 @@ class Gate:
             await send_error(send, 413, message, "invalid_request_error", "request_too_large")
             return
         self.state.in_flight += 1
+        started = False
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, _replay(body, receive), tracked_send)
+        except Exception:
+            # Starlette re-raises an error after answering it with a 500; uvicorn would then
+            # close the connection (the client's next request on it is reset). Log it once here.
+            log.exception("%s %s failed", scope.get("method"), scope["path"])
+            if not started:
+                await send_error(send, 500, "internal error", "server_error", "internal_error")
         finally:
             self.state.in_flight -= 1
 

@@ -14,14 +14,16 @@ class ServeCommand:
     """Serve a checkpoint over an OpenAI-compatible HTTP API (install lmforge[serve])."""
 
     checkpoint: str
-    """Checkpoint directory, or a run directory (uses its last checkpoint)."""
+    """An lmforge checkpoint or run directory (its last checkpoint), a .gguf file or a Hugging
+    Face model directory."""
     host: str = "127.0.0.1"
     """Address to bind; any other than a loopback one needs --api_key."""
     port: int = 8000
     api_key: str | None = None
     """Clients must send 'Authorization: Bearer KEY' (default: $LMFORGE_API_KEY, else none)."""
     model_name: str | None = None
-    """The model id clients name in requests; default: the checkpoint directory's name."""
+    """The model id clients name in requests; default: the checkpoint directory's name (a
+    .gguf file's name without the suffix)."""
     max_batch_size: int = 16
     """Most prompts decoded together; more wait in the queue and join as rows finish."""
     max_step_tokens: int = 512

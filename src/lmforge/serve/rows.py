@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.inference.generate import draw, filter_logits
+from lmforge.serve.logit_rules import adjust_logits, needs_adjusting
 from lmforge.serve.text_stream import TextStream
 from lmforge.tokenizer import Tokenizer
 
@@ -41,6 +42,10 @@ class Row:
     echo_logprobs: bool = False
     """Also score the prompt tokens (for `echo` with `logprobs`)."""
     cancelled: bool = False
+    # OpenAI's penalties and logit_bias (token id -> bias): see serve/logit_rules.py.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
     arrived: float = field(default_factory=time.monotonic)
     deadline: float | None = None
     """time.monotonic() after which the row is stopped with a timeout error."""
@@ -97,9 +102,15 @@ def pick_tokens(logits: torch.Tensor, rows: list[Sequence]) -> torch.Tensor:
     chosen = logits.argmax(dim=-1)
     for i, state in enumerate(rows):
         row = state.row
-        if row.temperature > 0:
-            scaled = filter_logits(
-                logits[i : i + 1].float() / row.temperature, row.top_k, row.top_p
-            )
-            chosen[i] = draw(scaled.softmax(dim=-1), state.generator)[0]
+        adjust = needs_adjusting(row)
+        if row.temperature <= 0 and not adjust:
+            continue
+        row_logits = logits[i].float()
+        if adjust:  # a copy: the logprobs reported stay the model's own
+            row_logits = adjust_logits(row_logits, row, state.generated)
+        if row.temperature <= 0:
+            chosen[i] = row_logits.argmax()
+            continue
+        scaled = filter_logits(row_logits[None] / row.temperature, row.top_k, row.top_p)
+        chosen[i] = draw(scaled.softmax(dim=-1), state.generator)[0]
     return chosen

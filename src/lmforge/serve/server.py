@@ -14,11 +14,9 @@ from pathlib import Path
 
 import uvicorn
 
-from lmforge.checkpoint.directory import load_model
 from lmforge.errors import ConfigError
-from lmforge.inference.decoding import prepare_for_decoding
+from lmforge.inference.language_model import open_for_decoding
 from lmforge.parallel.plan_command import parse_memory
-from lmforge.runtime import pick_device
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.gate import ServerState
@@ -88,14 +86,20 @@ def engine_settings(command: ServeCommand) -> dict:
     )
 
 
+def default_model_name(source: Path) -> str:
+    """The checkpoint directory's name; a file's (a .gguf) without its suffix."""
+    source = source.resolve()
+    return source.stem if source.is_file() else source.name
+
+
 def serve(command: ServeCommand) -> None:
     api_key = check_command(command)
     settings = engine_settings(command)
-    device = pick_device(command.device)
-    model, tokenizer, directory = load_model(command.checkpoint, device)
-    model, weights = prepare_for_decoding(model, directory, command.dtype, command.quantize)
+    model, tokenizer, source, weights = open_for_decoding(
+        command.checkpoint, command.device, command.dtype, command.quantize
+    )
     serve_settings = ServeSettings(
-        model_name=command.model_name or Path(directory).resolve().name,
+        model_name=command.model_name or default_model_name(source),
         api_key=api_key,
         max_body_bytes=command.max_body_bytes,
         max_tokens_cap=command.max_tokens_cap,
@@ -108,7 +112,7 @@ def serve(command: ServeCommand) -> None:
         app, host=command.host, port=command.port, log_level=command.log_level, access_log=False
     )
     print(
-        f"serving {directory} as '{serve_settings.model_name}' ({weights}) on "
+        f"serving {source} as '{serve_settings.model_name}' ({weights}) on "
         f"http://{command.host}:{command.port}/v1",
         flush=True,
     )
