@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError
+from lmforge.serve.chat_page import add_chat_page
 from lmforge.serve.engine import Engine, Row
 from lmforge.serve.gate import Gate, ServerState
 from lmforge.serve.protocol import (
@@ -55,6 +56,7 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
     created = int(time.time())
     add_error_handlers(app)
     add_tokenizer_routes(app, engine, settings.template)
+    add_chat_page(app)
 
     @app.get("/health")
     async def health() -> dict:
