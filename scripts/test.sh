@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests benchmarks
-.venv/bin/ruff format --check src tests benchmarks
+.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check src tests benchmarks scripts
 # The manual: a broken link or anchor between docs/ pages fails here (mkdocs.yml sets strict)
 site=$(mktemp -d)
 .venv/bin/mkdocs build --strict --site-dir "$site"

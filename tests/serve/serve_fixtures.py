@@ -44,11 +44,13 @@ def tiny_tokenizer() -> HuggingFaceTokenizer:
 
 
 @torch.no_grad()
-def random_model(vocab_size: int, seed: int = 0) -> Transformer:
+def random_model(
+    vocab_size: int, seed: int = 0, context_length: int = CONTEXT, num_layers: int = 2
+) -> Transformer:
     """std 0.2 weights: peaked next-token distributions, so greedy picks have clear margins."""
     config = ModelConfig(
-        vocab_size=vocab_size, context_length=CONTEXT, dim=64, num_layers=2, num_heads=4,
-        num_kv_heads=2, ffn_dim=96,
+        vocab_size=vocab_size, context_length=context_length, dim=64, num_layers=num_layers,
+        num_heads=4, num_kv_heads=2, ffn_dim=96,
     )  # fmt: skip
     model = Transformer(config).eval()
     generator = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from lmforge.errors import LmforgeError
+from lmforge.serve.chat_page import add_chat_page
 from lmforge.serve.choices import best_rows, chat_choices, chat_logprobs, make_rows
 from lmforge.serve.engine import Engine, QueueFull
 from lmforge.serve.gate import Gate, ServerState
@@ -58,6 +59,7 @@ def create_app(engine: Engine, settings: ServeSettings, state: ServerState | Non
     created = int(time.time())
     add_error_handlers(app)
     add_tokenizer_routes(app, engine, settings.template)
+    add_chat_page(app)
 
     @app.get("/health")
     async def health() -> dict:

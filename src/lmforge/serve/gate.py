@@ -8,6 +8,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from lmforge.serve.chat_page import PAGE_PATHS
 from lmforge.serve.protocol import error_body
 
 log = logging.getLogger("lmforge.serve")
@@ -29,8 +30,9 @@ async def send_error(send, status: int, message: str, type: str, code: str) -> N
 
 
 class Gate:
-    """Wraps the app: answers 503 while draining, 401 without the key (on all but /health), 413
-    for a body over `max_body_bytes` (read fully here, then replayed to the app)."""
+    """Wraps the app: answers 503 while draining, 401 without the key (on all but /health and
+    the chat page's files), 413 for a body over `max_body_bytes` (read fully here, then replayed
+    to the app)."""
 
     def __init__(self, app, state: ServerState, api_key: str | None, max_body_bytes: int):
         self.app, self.state = app, state
@@ -44,7 +46,7 @@ class Gate:
             message = "the server is shutting down; retry against another instance"
             await send_error(send, 503, message, "server_error", "shutting_down")
             return
-        if scope["path"] != "/health" and not self._authorized(scope):
+        if not _is_open(scope) and not self._authorized(scope):
             message = "missing or wrong API key; send the header 'Authorization: Bearer KEY'"
             await send_error(send, 401, message, "invalid_request_error", "invalid_api_key")
             return
@@ -96,6 +98,13 @@ class Gate:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _is_open(scope) -> bool:
+    """/health (for load balancers), and GET of the chat page's files: they hold no data, and
+    the user types the key into the page once it has loaded."""
+    path = scope["path"]
+    return path == "/health" or (path in PAGE_PATHS and scope["method"] == "GET")
 
 
 def _replay(body: bytes, receive):
