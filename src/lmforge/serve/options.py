@@ -44,6 +44,9 @@ class ServeCommand:
     template: str | None = None
     """Chat template for /v1/chat/completions: a built-in name (chatml, llama3, llama2, alpaca)
     or Jinja source; default: the tokenizer's own."""
+    threads: int = 0
+    """Threads for the model's matmuls; 0: auto (OMP_NUM_THREADS when set, else one per
+    physical core but one, on machines of up to 4 cores: see docs/serve.md)."""
     device: str = "auto"
     dtype: Dtype = "auto"
     """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""

@@ -12,11 +12,13 @@ import math
 import os
 from pathlib import Path
 
+import torch
 import uvicorn
 
 from lmforge.errors import ConfigError
 from lmforge.inference.language_model import open_for_decoding
 from lmforge.parallel.plan_command import parse_memory
+from lmforge.runtime import physical_cores
 from lmforge.serve.app import ServeSettings, create_app
 from lmforge.serve.engine import Engine
 from lmforge.serve.gate import ServerState
@@ -67,6 +69,8 @@ def check_command(command: ServeCommand) -> str | None:
     for name in ("max_batch_size", "max_tokens_cap", "max_body_bytes", "max_step_tokens"):
         if getattr(command, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
+    if command.threads < 0:
+        raise ConfigError("--threads must be 0 (auto) or more")
     if command.max_queue < 0:
         raise ConfigError("--max_queue must be 0 or more (0 refuses every request with 429)")
     if not math.isfinite(command.request_timeout) or command.request_timeout < 0:
@@ -86,6 +90,29 @@ def engine_settings(command: ServeCommand) -> dict:
     )
 
 
+def choose_serve_threads(requested: int) -> str:
+    """Set torch's intra-op threads for serving; returns the choice, for the start-up line.
+
+    A matmul split over every core waits at its end for the slowest thread, and on a small
+    machine the HTTP event loop, the tokenizer and the clients themselves keep taking one of
+    those cores: on a 2-core host a 16-row step's matmul then stalled for a scheduler tick
+    (15 ms instead of 0.24 ms, BENCHMARKS.md). Up to 4 cores, one is left to them.
+    """
+    if requested > 0:
+        torch.set_num_threads(requested)
+        return f"{requested} threads (--threads)"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"{torch.get_num_threads()} threads (OMP_NUM_THREADS)"
+    cores = physical_cores()
+    threads = cores - 1 if 2 <= cores <= 4 else cores
+    torch.set_num_threads(threads)
+    return (
+        f"{threads} threads ({cores} cores, one left to the HTTP loop)"
+        if threads < cores
+        else (f"{threads} threads (one per physical core)")
+    )
+
+
 def default_model_name(source: Path) -> str:
     """The checkpoint directory's name; a file's (a .gguf) without its suffix."""
     source = source.resolve()
@@ -95,6 +122,7 @@ def default_model_name(source: Path) -> str:
 def serve(command: ServeCommand) -> None:
     api_key = check_command(command)
     settings = engine_settings(command)
+    threads = choose_serve_threads(command.threads)
     model, tokenizer, source, weights = open_for_decoding(
         command.checkpoint, command.device, command.dtype, command.quantize
     )
@@ -112,7 +140,7 @@ def serve(command: ServeCommand) -> None:
         app, host=command.host, port=command.port, log_level=command.log_level, access_log=False
     )
     print(
-        f"serving {source} as '{serve_settings.model_name}' ({weights}) on "
+        f"serving {source} as '{serve_settings.model_name}' ({weights}, {threads}) on "
         f"http://{command.host}:{command.port}/v1",
         flush=True,
     )
