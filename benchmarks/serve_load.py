@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from serve_load_report import markdown, summary_rows  # noqa: E402
 from serve_load_tools import (  # noqa: E402
     MODEL,
     free_port,
+    inprocess_decode,
     llama_command,
     lmforge_server,
     machine_info,
@@ -84,7 +84,7 @@ class Sizes:
     short_requests: int = 20
     short_tokens: int = 8
     turns: int = 10
-    system_sentences: int = 32  # about 500 tokens of system prompt
+    system_sentences: int = 34  # about 500 tokens of system prompt
     reply_tokens: int = 48
     decode_tokens: int = 256
     decode_runs: int = 2
@@ -164,9 +164,8 @@ async def ttft_under_load(base: str, size: Sizes) -> dict:
         began = time.perf_counter()
         shorts = []
         for i in range(size.short_requests):
-            shorts.append(
-                await stream(client, "/completions", completion(i, size.short_tokens, size))
-            )
+            short = completion(2 * i, size.short_tokens, size)  # even i: a short prompt
+            shorts.append(await stream(client, "/completions", short))
         overlapped = not long.done()  # the long one was still running when the shorts were done
         shorts_wall = time.perf_counter() - began
         long_result = await long
@@ -208,25 +207,6 @@ async def decode(base: str, size: Sizes) -> dict:
     return {"decode_tok_s": max(r["decode_tok_s"] or 0 for r in runs), "runs": runs}
 
 
-INPROCESS = """
-import json, sys, time
-from llama_cpp import Llama
-gguf, threads, tokens, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=4096, verbose=False)
-llm.create_completion("Hello", max_tokens=4)  # warm-up
-times = [time.perf_counter() for _ in llm.create_completion(
-    prompt, max_tokens=tokens, temperature=0, stream=True)]
-print(json.dumps({"decode_tok_s": (len(times) - 1) / (times[-1] - times[0]), "tokens": len(times)}))
-"""
-
-
-def inprocess_decode(python: str, gguf: Path, threads: int, size: Sizes) -> dict:
-    """llama_cpp.Llama in its own process: the decode speed without any server around it."""
-    args = [python, "-c", INPROCESS, str(gguf), str(threads), str(size.decode_tokens)]
-    done = subprocess.run([*args, prompt(0, size)], capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 async def run_scenarios(base: str, scenarios: list[str], size: Sizes) -> dict:
     functions = {f.__name__: f for f in (concurrency, ttft_under_load, multiturn, decode)}
     async with httpx.AsyncClient(base_url=base, timeout=3600) as client:  # warm-up
@@ -257,16 +237,20 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"machine": machine_info(), "sizes": asdict(size), "scenarios": args.scenarios}
     report["servers"], report["results"] = {}, {}
     if not args.skip_lmforge:
-        settings = report["servers"]["lmforge"] = {}
+        settings = report["servers"]["lmforge"] = {"load_average_before": os.getloadavg()[0]}
         with lmforge_server(args.checkpoint or args.gguf, args.threads, settings) as base:
             report["results"]["lmforge"] = asyncio.run(run_scenarios(base, args.scenarios, size))
+        settings["load_average_after"] = os.getloadavg()[0]
     if args.llama_python:
         command = llama_command(args.llama_python, args.gguf, args.threads, free_port())
-        report["servers"]["llama.cpp"] = {"command": command, "threads": args.threads}
+        settings = report["servers"]["llama.cpp"] = {"command": command, "threads": args.threads}
+        settings["load_average_before"] = os.getloadavg()[0]
         with running(command, dict(os.environ)) as base:
             report["results"]["llama.cpp"] = asyncio.run(run_scenarios(base, args.scenarios, size))
+        settings["load_average_after"] = os.getloadavg()[0]
         if "decode" in args.scenarios:
-            result = inprocess_decode(args.llama_python, args.gguf, args.threads, size)
+            tokens, text = size.decode_tokens, prompt(0, size)
+            result = inprocess_decode(args.llama_python, args.gguf, args.threads, tokens, text)
             report["results"]["llama_cpp.Llama in-process"] = {"decode": result}
     report["machine"]["load_average_at_end"] = os.getloadavg()[0]
     report["summary"] = summary_rows(report)

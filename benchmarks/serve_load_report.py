@@ -72,6 +72,13 @@ def markdown(report: dict) -> str:
         f"torch {machine['torch']}; load average {machine['load_average_at_start']:.1f} at the "
         f"start, {machine['load_average_at_end']:.1f} at the end."
     )
+    loads = [
+        f"{name} {s['load_average_before']:.1f} -> {s['load_average_after']:.1f}"
+        for name, s in report["servers"].items()
+        if "load_average_after" in s
+    ]
+    if loads:  # the host may be shared: how busy it was while each server ran
+        header += " Load average before -> after each server: " + ", ".join(loads) + "."
     lines = [header, "", "| metric | " + " | ".join(SERVERS) + " | target |"]
     lines.append("|---" * (len(SERVERS) + 2) + "|")
     for row in report["summary"]:

@@ -127,6 +127,25 @@ def llama_command(python: str, gguf: Path, threads: int, port: int) -> list[str]
     ]  # fmt: skip
 
 
+INPROCESS = """
+import json, sys, time
+from llama_cpp import Llama
+gguf, threads, tokens, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=4096, verbose=False)
+llm.create_completion("Hello", max_tokens=4)  # warm-up
+times = [time.perf_counter() for chunk in llm.create_completion(
+    prompt, max_tokens=tokens, temperature=0, stream=True) if chunk["choices"][0]["text"]]
+print(json.dumps({"decode_tok_s": (len(times) - 1) / (times[-1] - times[0]), "tokens": len(times)}))
+"""
+
+
+def inprocess_decode(python: str, gguf: Path, threads: int, tokens: int, prompt: str) -> dict:
+    """llama_cpp.Llama in its own process: the decode speed without any server around it."""
+    args = [python, "-c", INPROCESS, str(gguf), str(threads), str(tokens), prompt]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Linear interpolation between the closest ranks (numpy's default); None if empty."""
     if not values:
