@@ -41,6 +41,7 @@ from serve_load_tools import (  # noqa: E402
     MODEL,
     free_port,
     inprocess_decode,
+    llama_build,
     llama_command,
     lmforge_server,
     machine_info,
@@ -244,6 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.llama_python:
         command = llama_command(args.llama_python, args.gguf, args.threads, free_port())
         settings = report["servers"]["llama.cpp"] = {"command": command, "threads": args.threads}
+        settings["build"] = llama_build(args.llama_python)
+        settings["defaults"] = (
+            "n_batch 512, n_ubatch 512, no --cache; one Llama (one sequence) behind a global lock: "
+            "requests are served one at a time, the next reusing the KV of the previous prompt's "
+            "longest common prefix"
+        )
         settings["load_average_before"] = os.getloadavg()[0]
         with running(command, dict(os.environ)) as base:
             report["results"]["llama.cpp"] = asyncio.run(run_scenarios(base, args.scenarios, size))

@@ -146,6 +146,13 @@ def inprocess_decode(python: str, gguf: Path, threads: int, tokens: int, prompt:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def llama_build(python: str) -> str:
+    """llama-cpp-python's version and the CPU features its llama.cpp was built with."""
+    probe = "import llama_cpp as l; print(l.__version__, l.llama_print_system_info().decode())"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Linear interpolation between the closest ranks (numpy's default); None if empty."""
     if not values:
