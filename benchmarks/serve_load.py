@@ -16,8 +16,8 @@ llama-cpp-python[server]. Scenarios (greedy, streamed; times from the SSE chunks
                    another: their time to first token, p50/p99
   multiturn        a 10-turn chat with a ~500-token system prompt: time to first token per
                    turn (prefill), and cached_tokens where the server reports it
-  decode           two 256-token generations: the better tokens/s after the first token (and llama_cpp.Llama
-                   in-process with --llama_python)
+  decode           two 256-token generations: the better tokens/s after the first token
+                   (and llama_cpp.Llama in-process with --llama_python)
 Tokens are what the servers actually produced (their usage, else the chunks with text).
 --tiny shrinks every scenario to seconds (the CI smoke test).
 """
