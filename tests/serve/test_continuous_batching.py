@@ -107,6 +107,24 @@ def test_staggered_chunked_and_cached_rows_match_generate(tokenizer, variant):
     assert all(c % 4 == 0 for c in cached)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_prompts_prefilled_together_right_padded_match_generate(tokenizer, variant):
+    model = random_variant(tokenizer.vocab_size, **VARIANTS[variant])
+    engine = Engine(model, tokenizer, kv_cache_memory=0)
+    recorder, expected = Recorder(), {}
+    lengths = [1, 3, 17, 9]  # queued before the start: the first step prefills all 4 in one pass
+    for index, ids in enumerate(prompts(tokenizer)):
+        ids = (ids * 20)[: lengths[index]]
+        expected[index] = greedy_reference(model, tokenizer, ids, 6)
+        engine.submit([recorder.row(index, ids, 6)])
+    engine.start()
+    try:
+        recorder.wait(expected)
+    finally:
+        engine.stop()
+    assert {i: recorder.text.get(i, "") for i in expected} == expected
+
+
 def test_a_short_request_finishes_while_a_long_one_runs(tokenizer):
     model = random_variant(tokenizer.vocab_size)
     engine = Engine(model, tokenizer)

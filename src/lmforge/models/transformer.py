@@ -152,9 +152,11 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         last_only: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for tokens (B, T); (B, 1, vocab) for the last position only
-        with `last_only` (a prefill that only needs the next token skips T - 1 vocab projections).
+        with `last_only` (a prefill that only needs the next token skips T - 1 vocab projections),
+        or at the position `logits_at[b]` of each row b (right-padded rows of different lengths).
 
         Without a cache this is plain causal attention over the T tokens. With a cache the new
         tokens attend to everything cached so far (respecting the cache's left padding), and their
@@ -203,4 +205,6 @@ class Transformer(nn.Module):
             cache.advance(T)
         if last_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at][:, None]
         return self.lm_head(self.final_norm(x))

@@ -201,27 +201,51 @@ class Engine:
             self.prefilling.append(seq)
 
     def _prefill(self, budget: int) -> None:
-        """Prompt chunks, oldest row first, until the budget is spent (at least one chunk)."""
-        vocab = self.model.config.vocab_size
-        for seq in list(self.prefilling):
-            prompt = seq.row.prompt_ids
-            chunk = min(len(prompt) - seq.prefilled, max(budget, 1))
-            if seq.row.echo_logprobs:
-                chunk = min(chunk, max(1, self.settings.prefill_logits_budget // vocab))
-            start = seq.prefilled
-            view = self.store.view(seq.slot, 1, chunk)
-            tokens = torch.tensor([prompt[start : start + chunk]], device=self.device)
-            echo = seq.row.echo_logprobs
-            logits = self.model(tokens, cache=view, positions=view.positions(), last_only=not echo)
-            if echo:
-                count = seq.row.logprobs or 0
-                seq.prompt_scores += score_prompt_chunk(logits[0], prompt, start, count)
-            seq.prefilled += chunk
-            budget -= chunk
-            if seq.prefilled == len(prompt):
-                self._first_token(seq, logits[0, -1])
+        """Prompt chunks, oldest row first, until the budget is spent (at least one token).
+
+        Rows that score their prompt (echo) run alone, since they need every position's logits;
+        the others run together in one forward pass, right-padded, so that the pass's fixed
+        costs (a weight-only layer dequantizes its weights for a long chunk) are paid once."""
+        chunks: list[tuple[Sequence, int]] = []
+        for seq in list(self.prefilling):  # _first_token takes finished rows out
             if budget <= 0:
-                return
+                break
+            chunk = min(len(seq.row.prompt_ids) - seq.prefilled, budget)
+            if seq.row.echo_logprobs:
+                vocab = self.model.config.vocab_size
+                chunk = min(chunk, max(1, self.settings.prefill_logits_budget // vocab))
+                self._prefill_scored(seq, chunk)
+            else:
+                chunks.append((seq, chunk))
+            budget -= chunk
+        if chunks:
+            self._prefill_together(chunks)
+
+    def _prefill_together(self, chunks: list[tuple[Sequence, int]]) -> None:
+        rows = [seq for seq, _ in chunks]
+        view = self.store.view([seq.slot for seq in rows], [count for _, count in chunks])
+        width = view.num_new
+        tokens = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (seq, count) in enumerate(chunks):
+            part = seq.row.prompt_ids[seq.prefilled : seq.prefilled + count]
+            tokens[i, :count] = torch.tensor(part)
+        tokens = tokens.to(self.device)
+        at = view.last_positions()
+        logits = self.model(tokens, cache=view, positions=view.positions(), logits_at=at)
+        for i, (seq, count) in enumerate(chunks):
+            seq.prefilled += count
+            if seq.prefilled == len(seq.row.prompt_ids):
+                self._first_token(seq, logits[i, -1])
+
+    def _prefill_scored(self, seq: Sequence, chunk: int) -> None:
+        prompt, start = seq.row.prompt_ids, seq.prefilled
+        view = self.store.view([seq.slot], [chunk])
+        tokens = torch.tensor([prompt[start : start + chunk]], device=self.device)
+        logits = self.model(tokens, cache=view, positions=view.positions())
+        seq.prompt_scores += score_prompt_chunk(logits[0], prompt, start, seq.row.logprobs or 0)
+        seq.prefilled += chunk
+        if seq.prefilled == len(prompt):
+            self._first_token(seq, logits[0, -1])
 
     def _first_token(self, seq: Sequence, logits: torch.Tensor) -> None:
         self.prefilling.remove(seq)
@@ -241,7 +265,7 @@ class Engine:
 
     def _decode(self) -> None:
         rows = self.decoding
-        view = self.store.view(0, len(rows), 1)
+        view = self.store.view(list(range(len(rows))), [1] * len(rows))
         tokens = torch.tensor([[seq.pending] for seq in rows], device=self.device)
         logits = self.model(tokens, cache=view, positions=view.positions(), last_only=True)
         logits = logits[:, -1]

@@ -46,7 +46,7 @@ class ServeCommand:
     or Jinja source; default: the tokenizer's own."""
     threads: int = 0
     """Threads for the model's matmuls; 0: auto (OMP_NUM_THREADS when set, else one per
-    physical core but one, on machines of up to 4 cores: see docs/serve.md)."""
+    physical core). On a 2-core machine, 1 decodes a single client faster (docs/serve.md)."""
     device: str = "auto"
     dtype: Dtype = "auto"
     """auto: bf16 on a GPU, fp32 on a CPU (quantized layers still multiply in bf16)."""

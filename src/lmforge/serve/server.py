@@ -93,10 +93,9 @@ def engine_settings(command: ServeCommand) -> dict:
 def choose_serve_threads(requested: int) -> str:
     """Set torch's intra-op threads for serving; returns the choice, for the start-up line.
 
-    A matmul split over every core waits at its end for the slowest thread, and on a small
-    machine the HTTP event loop, the tokenizer and the clients themselves keep taking one of
-    those cores: on a 2-core host a 16-row step's matmul then stalled for a scheduler tick
-    (15 ms instead of 0.24 ms, BENCHMARKS.md). Up to 4 cores, one is left to them.
+    Auto is one per physical core, as for training: on the 2-core EPYC, 16 concurrent clients got
+    176 tok/s with 2 threads against 127 with 1. A single client decodes faster with 1 (47 against
+    38 tok/s there), because the HTTP loop then has a core of its own (BENCHMARKS.md, serving).
     """
     if requested > 0:
         torch.set_num_threads(requested)
@@ -104,13 +103,8 @@ def choose_serve_threads(requested: int) -> str:
     if os.environ.get("OMP_NUM_THREADS"):
         return f"{torch.get_num_threads()} threads (OMP_NUM_THREADS)"
     cores = physical_cores()
-    threads = cores - 1 if 2 <= cores <= 4 else cores
-    torch.set_num_threads(threads)
-    return (
-        f"{threads} threads ({cores} cores, one left to the HTTP loop)"
-        if threads < cores
-        else (f"{threads} threads (one per physical core)")
-    )
+    torch.set_num_threads(cores)
+    return f"{cores} threads (one per physical core)"
 
 
 def default_model_name(source: Path) -> str:

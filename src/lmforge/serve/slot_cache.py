@@ -87,30 +87,41 @@ class SlotStore:
             value_buffer[slot, :, start:end] = v
         self.lengths[slot] = end
 
-    def view(self, first: int, count: int, num_new: int) -> SlotView:
-        """The cache for a forward pass over slots [first, first + count), num_new tokens each."""
-        starts = self.lengths[first : first + count]
-        self.reserve(max(starts) + num_new)
-        return SlotView(self, first, starts, num_new)
+    def view(self, slots: list[int], counts: list[int]) -> SlotView:
+        """The cache for a forward pass that appends counts[i] tokens to slot slots[i]."""
+        starts = [self.lengths[slot] for slot in slots]
+        self.reserve(max(start + count for start, count in zip(starts, counts, strict=True)))
+        return SlotView(self, slots, starts, counts)
 
 
 class SlotView:
-    """What `Transformer.forward` sees as its cache: a slot range, each row at its own length."""
+    """What `Transformer.forward` sees as its cache: some slots, each row at its own length.
 
-    def __init__(self, store: SlotStore, first: int, starts: list[int], num_new: int):
-        self.store, self.first, self.num_new = store, first, num_new
-        self.count = len(starts)
-        self.starts = starts
+    Three shapes of pass: one row's prompt chunk; one new token for each of the rows in slots
+    [0, D) (the decode step, whose keys are then a view of the buffer); or chunks of several
+    prompts, right-padded to the longest (the pad positions' keys are not written and their
+    outputs are not used)."""
+
+    def __init__(self, store: SlotStore, slots: list[int], starts: list[int], counts: list[int]):
+        self.store, self.slots, self.starts, self.counts = store, slots, starts, counts
+        self.num_new = max(counts)
+        self.end = max(start + count for start, count in zip(starts, counts, strict=True))
         device = store.device
         self.start_tensor = torch.tensor(starts, device=device)
-        self.end = max(starts) + num_new
-        if num_new > 1 and self.count > 1:
-            raise ValueError("a slot view takes many tokens of one row or one token of many")
+        self.first = slots[0]
+        self.contiguous = slots == list(range(self.first, self.first + len(slots)))
+        if self.num_new == 1 and not self.contiguous:
+            raise ValueError("a decode step runs on a contiguous range of slots")
 
     def positions(self) -> torch.Tensor:
-        """Each row's position ids (B, T): its own length onwards."""
+        """Each row's position ids (B, T): its own length onwards (pads clamped into range)."""
         offsets = torch.arange(self.num_new, device=self.store.device)
-        return self.start_tensor[:, None] + offsets[None, :]
+        positions = self.start_tensor[:, None] + offsets[None, :]
+        return positions.clamp(max=self.store.config.context_length - 1)
+
+    def last_positions(self) -> torch.Tensor:
+        """(B,) index of each row's last real token among the T new ones."""
+        return torch.tensor(self.counts, device=self.store.device) - 1
 
     def check_room(self, num_new: int) -> None:
         pass  # `SlotStore.view` reserved the room
@@ -119,25 +130,30 @@ class SlotView:
         return self.positions()
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write the new (B, heads, T, width) pair at each row's position; return the rows' slots."""
+        """Write each row's new (heads, T, width) pairs at its position; return the rows' slots."""
         keys, values = self.store.keys[layer], self.store.values[layer]
-        rows = slice(self.first, self.first + self.count)
-        if self.count == 1:
-            start = self.starts[0]
-            keys[self.first, :, start : start + self.num_new] = k[0]
-            values[self.first, :, start : start + self.num_new] = v[0]
-        else:  # one token per row, each at its own position
-            index = torch.arange(self.first, self.first + self.count, device=k.device)
+        if self.num_new == 1 and len(self.slots) > 1:  # decode: one token per row, at its length
+            index = torch.arange(self.first, self.first + len(self.slots), device=k.device)
             keys[index, :, self.start_tensor] = k[:, :, 0]
             values[index, :, self.start_tensor] = v[:, :, 0]
-        return keys[rows, :, : self.end], values[rows, :, : self.end]
+        else:
+            for row, (slot, start, count) in enumerate(
+                zip(self.slots, self.starts, self.counts, strict=True)
+            ):
+                keys[slot, :, start : start + count] = k[row, :, :count]
+                values[slot, :, start : start + count] = v[row, :, :count]
+        if self.contiguous:
+            rows = slice(self.first, self.first + len(self.slots))
+            return keys[rows, :, : self.end], values[rows, :, : self.end]
+        index = torch.tensor(self.slots, device=k.device)
+        return keys[index, :, : self.end], values[index, :, : self.end]
 
     def masks(self, num_new: int) -> AttentionMasks:
         return RowMasks(self.start_tensor, num_new, self.end, self.store.device)
 
     def advance(self, num_new: int) -> None:
-        for row in range(self.first, self.first + self.count):
-            self.store.lengths[row] += num_new
+        for slot, count in zip(self.slots, self.counts, strict=True):
+            self.store.lengths[slot] += count
 
 
 class RowMasks(AttentionMasks):
