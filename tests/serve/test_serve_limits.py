@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -134,3 +137,18 @@ def test_engine_flags_reach_the_engine():
     assert (
         engine_settings(ServeCommand(checkpoint="x", kv_cache_memory="0"))["kv_cache_memory"] == 0
     )
+
+
+def test_a_port_in_use_is_a_one_line_error(serve_checkpoint):  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "lmforge", "serve", "--checkpoint", str(serve_checkpoint)]
+        result = subprocess.run(
+            [*command, "--port", str(port), "--device", "cpu"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert "pick another --port" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr

@@ -87,11 +87,20 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="lmforge-engine", daemon=True)
 
     def start(self) -> None:
+        """Run the engine on a thread of its own (`run` runs it on the calling thread)."""
         self._thread.start()
+
+    def run(self) -> None:
+        """The engine loop on this thread, until `request_stop` and the rows already submitted
+        are done."""
+        self._loop()
+
+    def request_stop(self) -> None:
+        self._incoming.put(None)
 
     def stop(self) -> None:
         """Finish the rows already submitted, then end the engine thread."""
-        self._incoming.put(None)
+        self.request_stop()
         self._thread.join()
 
     def submit(self, rows: list[Row]) -> None:
