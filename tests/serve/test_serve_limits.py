@@ -115,6 +115,8 @@ def test_request_timeout_is_504(serve_checkpoint):  # noqa: F811
     "flags, message",
     [
         (dict(max_step_tokens=0), "--max_step_tokens must be at least 1"),
+        (dict(max_step_tokens=16), "leaves no room for prompts beside --max_batch_size 16"),
+        (dict(threads=-1), "--threads must be 0"),
         (dict(max_queue=-1), "--max_queue must be 0 or more"),
         (dict(request_timeout=float("nan")), "--request_timeout must be"),
         (dict(request_timeout=float("inf")), "--request_timeout must be"),

@@ -158,7 +158,7 @@ class Engine:
     def _step(self) -> None:
         self._drop_stale(time.monotonic())
         self._admit()
-        self._prefill(self.settings.max_step_tokens - len(self.decoding))
+        self._prefill(max(self.settings.max_step_tokens - len(self.decoding), 1))
         if self.decoding:
             self._decode()
         self.metrics.queue_depth.set(self._queued)

@@ -71,6 +71,11 @@ def check_command(command: ServeCommand) -> str | None:
     for name in ("max_batch_size", "max_tokens_cap", "max_body_bytes", "max_step_tokens"):
         if getattr(command, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
+    if command.max_step_tokens <= command.max_batch_size:
+        raise ConfigError(
+            f"--max_step_tokens {command.max_step_tokens} leaves no room for prompts beside "
+            f"--max_batch_size {command.max_batch_size} decoding rows (one token each); raise it"
+        )
     if command.threads < 0:
         raise ConfigError("--threads must be 0 (auto) or more")
     if command.max_queue < 0:
