@@ -113,3 +113,135 @@ def test_token_and_sequence_normalization_differ_on_unequal_lengths():
     assert abs(sequence.item() - (-0.9 + 1.5) / 2) < 1e-6  # every row weighs 1/2
     with pytest.raises(ValueError, match="normalization"):
         grpo_loss(new, old, None, advantages, mask, normalization="batch")
+
+
+def test_masked_positions_change_nothing():
+    new, old, advantages = _batch()
+    ref = new + 0.3
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    garbage = torch.tensor([[0.0, 0.0, math.inf], [0.0, math.nan, -math.inf]])
+    results = []
+    for noise in (torch.zeros(2, 3), garbage):
+        leaf = (new + noise).requires_grad_()
+        loss, stats = grpo_loss(leaf, old + noise, ref - noise, advantages, mask, beta=0.1)
+        loss.backward()
+        results.append((loss, stats, leaf.grad))
+    (loss_a, stats_a, grad_a), (loss_b, stats_b, grad_b) = results
+    assert torch.equal(loss_a, loss_b) and torch.equal(grad_a, grad_b)
+    assert all(torch.equal(stats_a[k], stats_b[k]) for k in stats_a)
+    assert torch.equal(grad_a[~mask], torch.zeros(3))
+    # Through logits too: a masked position's logits and target move no gradient.
+    logits = torch.randn(2, 3, 5, generator=torch.manual_seed(0))
+    targets = torch.tensor([[1, 2, 3], [4, 0, IGNORE]])
+    grads = []
+    for shift in (0.0, 50.0):
+        leaf = logits.clone()
+        leaf[~mask] += shift
+        leaf.requires_grad_()
+        logp = token_log_probs(leaf, targets)
+        grpo_loss(logp, logp.detach() - 0.1, None, advantages, mask)[0].backward()
+        grads.append(leaf.grad[mask])
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-7)
+
+
+def _policy(rows: int, steps: int, vocab: int = 5) -> tuple[torch.nn.Embedding, torch.Tensor]:
+    """A tiny "policy": an embedding from the previous token to next-token logits."""
+    policy = torch.nn.Embedding(vocab, vocab)
+    torch.nn.init.normal_(policy.weight, generator=torch.manual_seed(1))
+    tokens = torch.randint(0, vocab, (rows, steps + 1), generator=torch.manual_seed(2))
+    return policy, tokens
+
+
+def test_uniform_group_gives_exactly_zero_gradient():
+    policy, tokens = _policy(rows=6, steps=4)
+    rewards = torch.tensor([0.9, 0.9, 0.9, 1.0, 0.0, 0.0])  # the first group is all equal
+    advantages = group_advantages(rewards, 3, scale_by_std=True)
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    logp = token_log_probs(policy(tokens[:, :-1]), tokens[:, 1:])
+    old = logp.detach() + 0.3  # mu > 1: the ratio is off 1 and the clipping in play
+    first, second = torch.autograd.grad(
+        grpo_loss(logp, old, None, advantages, mask, beta=0.0)[0], logp
+    )[0].split(3)
+    assert torch.equal(first, torch.zeros(3, 4))
+    assert second.abs().sum() > 0
+    rows = torch.zeros(6, 1, dtype=torch.bool)
+    rows[:3] = True
+    only_uniform = grpo_loss(logp, old, None, advantages, mask & rows)[0]
+    only_uniform.backward()
+    assert torch.equal(policy.weight.grad, torch.zeros(5, 5))
+
+
+def test_on_policy_gradient_is_reinforce_with_group_baseline():
+    """mu = 1, beta = 0: the gradient is -(1/N) sum A_i grad log pi(token) (token-level), and
+    -(1/B) sum_i A_i / |o_i| sum_t grad log pi(token) (sequence-level)."""
+    policy, tokens = _policy(rows=4, steps=4)
+    advantages = group_advantages(torch.tensor([1.0, 0.0, 0.5, 2.0]), 2)
+    mask = torch.arange(4) < torch.tensor([[4], [2], [3], [1]])  # lengths 4, 2, 3, 1
+
+    def gradient(loss_of) -> torch.Tensor:
+        logp = token_log_probs(policy(tokens[:, :-1]), tokens[:, 1:])
+        return torch.autograd.grad(loss_of(logp), policy.weight)[0]
+
+    lengths = mask.sum(dim=1)
+    reinforce_token = gradient(lambda logp: -(advantages[:, None] * logp * mask).sum() / mask.sum())
+    reinforce_sequence = gradient(
+        lambda logp: -((advantages[:, None] * logp * mask).sum(dim=1) / lengths).mean()
+    )
+    for normalization, expected in (("token", reinforce_token), ("sequence", reinforce_sequence)):
+        got = gradient(
+            lambda logp, n=normalization: grpo_loss(
+                logp, logp.detach(), None, advantages, mask, normalization=n
+            )[0]
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(reinforce_token, reinforce_sequence)
+
+
+def test_kl_gradient_pulls_toward_the_reference():
+    # One token, A = 0, beta = 0.5: d(beta k3)/d new = beta (1 - exp(ref - new)).
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    zero_a = torch.zeros(1)
+    for offset, expected in ((LOG(2), -0.5), (-LOG(2), 0.25), (0.0, 0.0)):
+        new = torch.full((1, 1), -1.0, requires_grad=True)
+        loss, stats = grpo_loss(new, new.detach(), new.detach() + offset, zero_a, mask, beta=0.5)
+        loss.backward()
+        assert abs(new.grad.item() - expected) < 1e-6  # descent moves new toward ref
+        assert (stats["kl"].item() > 0) == (offset != 0)
+    # A few SGD steps on a policy: the sampled tokens' log-probs close in on the reference's.
+    policy, tokens = _policy(rows=2, steps=3)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with torch.no_grad():
+        ref = token_log_probs(policy(tokens[:, :-1]), tokens[:, 1:])
+        policy.weight.add_(torch.randn(5, 5, generator=torch.manual_seed(3)))
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.5)
+    kls = []
+    for _ in range(5):
+        logp = token_log_probs(policy(tokens[:, :-1]), tokens[:, 1:])
+        loss, stats = grpo_loss(logp, logp.detach(), ref, torch.zeros(2), mask, beta=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        kls.append(stats["kl"].item())
+    assert kls[0] > 0 and kls[-1] < kls[0] / 2
+
+
+def test_empty_rows_give_no_nan():
+    new, old, advantages = _batch()
+    one_row = torch.tensor([[True, True, True], [False, False, False]])
+    for normalization, expected in (("token", -0.9), ("sequence", -0.9)):
+        leaf = new.clone().requires_grad_()
+        loss, stats = grpo_loss(
+            leaf, old, new, advantages, one_row, beta=0.1, normalization=normalization
+        )
+        loss.backward()
+        assert abs(loss.item() - expected) < 1e-6  # the empty row does not dilute the mean
+        assert torch.isfinite(leaf.grad).all() and torch.equal(leaf.grad[1], torch.zeros(3))
+    for normalization in ("token", "sequence"):
+        leaf = new.clone().requires_grad_()
+        none = torch.zeros(2, 3, dtype=torch.bool)
+        loss, stats = grpo_loss(
+            leaf, old, new, advantages, none, beta=0.1, normalization=normalization
+        )
+        loss.backward()
+        assert loss.item() == 0.0 and torch.equal(leaf.grad, torch.zeros(2, 3))
+        assert all(torch.isfinite(value).all() for value in stats.values())
