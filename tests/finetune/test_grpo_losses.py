@@ -111,6 +111,8 @@ def test_token_and_sequence_normalization_differ_on_unequal_lengths():
     sequence, _ = grpo_loss(new, old, None, advantages, mask, normalization="sequence")
     assert abs(token.item() - (-2.7 + 1.5) / 4) < 1e-6  # every token weighs 1/4
     assert abs(sequence.item() - (-0.9 + 1.5) / 2) < 1e-6  # every row weighs 1/2
+    with pytest.raises(ValueError, match="advantages must be"):
+        grpo_loss(new, old, None, advantages[:1], mask)
     with pytest.raises(ValueError, match="normalization"):
         grpo_loss(new, old, None, advantages, mask, normalization="batch")
 

@@ -2,8 +2,8 @@
 
 Where these fit: the GRPO objective samples G completions per prompt with the policy in eval
 mode, scores them, and turns the rewards into `group_advantages`. It keeps the sampling policy's
-`token_log_probs` as old_logp for mu optimizer steps on those samples (mu=1: old == new, detached,
-and the ratio is 1 with the policy gradient's own gradient). The reference log-probs come from the
+`token_log_probs` as old_logp for mu optimizer steps on those samples (with mu=1, old is new
+detached: the ratio is 1 and the gradient is REINFORCE's with the group mean as baseline). The reference log-probs come from the
 model with its LoRA adapters switched off (`adapters_disabled`, as DPO does) or a frozen copy.
 
 Shapes: B completions (rows), T positions, V vocabulary. `mask` (B, T) is True on completion
@@ -107,6 +107,9 @@ def grpo_loss(
     low, high = _clip_band(clip_eps)
     if beta and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (the reference model's token log-probs)")
+    if advantages.shape != new_logp.shape[:1]:
+        # (1,) or (B, 1) would broadcast silently over every row.
+        raise ValueError(f"advantages must be (B,) = {tuple(new_logp.shape[:1])}")
     mask = mask.bool()
     zero = torch.zeros((), dtype=torch.float32, device=new_logp.device)
     new = torch.where(mask, new_logp.float(), zero)
