@@ -275,3 +275,9 @@ def test_cli_exits_with_one_line(tmp_path, tiny_base, method, fmt, path, kind): 
     words = KINDS[kind][1]
     assert_one_line_error(result.stderr, str(data), f"record 1: {show(path)} is {words}; ")
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_size():
+    """Quoted in docs/reliability.md: keep the two in step."""
+    fields = sum(1 for record in BASE.values() for _ in walk(record))
+    assert (fields, len(grid()), len(required_fields())) == (77, 440, 43)

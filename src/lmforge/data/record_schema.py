@@ -151,10 +151,12 @@ def describe(kind: Kind) -> str:
 
 
 def _needs(obj: Obj) -> str:
-    required = [f.name for f in obj.fields if f.required]
+    required = [f"{f.name} (or {f.alias})" if f.alias else f.name for f in obj.fields if f.required]
     optional = [f.name for f in obj.fields if not f.required]
     text = f"{_article(obj.noun)} needs {' and '.join(required)}"
-    return text + (f" ({' and '.join(optional)} optional)" if optional else "")
+    if optional:
+        text += f"; {' and '.join(optional)} {'is' if len(optional) == 1 else 'are'} optional"
+    return text
 
 
 def _field(obj: dict, spec: Field) -> tuple[str | None, object]:
