@@ -73,9 +73,9 @@ def kind_of(value: object) -> str:
 def walk(value: object, path: tuple = ()):
     """(path, value) for the record and every field under it."""
     yield path, value
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, inner in items if isinstance(value, dict | list) else ():
-        yield from walk(inner, (*path, key))
+    if isinstance(value, dict | list):
+        for key, inner in value.items() if isinstance(value, dict) else enumerate(value):
+            yield from walk(inner, (*path, key))
 
 
 def show(path: tuple) -> str:
