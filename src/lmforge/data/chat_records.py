@@ -8,7 +8,9 @@ Preference formats (a chosen and a rejected conversation per record, each ending
     hh              {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": "..."} (hh-rlhf)
     sharegpt-pairs  {"conversations": [...], "chosen": {"from", "value"}, "rejected": {...}}
     message-pairs   {"chosen_messages": [...], "rejected_messages": [...]}
-Files: .json (an array), .jsonl, either optionally gzipped (.gz).
+Files: .json (an array), .jsonl, either optionally gzipped (.gz). Every record is checked
+against its format's schema (record_schema.py) before it is converted, so the conversion below
+can index fields without guarding against wrong JSON types.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import re
 from pathlib import Path
 
+from lmforge.data.record_schema import ROLES, SCHEMAS, check, json_type
 from lmforge.errors import DataError
 
 SFT_FORMATS = {
@@ -29,15 +32,6 @@ PAIR_FORMATS = {
     "hh": "hh (chosen/rejected Human:/Assistant: transcripts)",
     "sharegpt-pairs": "sharegpt-pairs (conversations + chosen/rejected)",
     "message-pairs": "message-pairs (chosen_messages/rejected_messages)",
-}
-ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "bot": "assistant",
-    "model": "assistant",
-    "system": "system",
 }
 Messages = list[dict]
 
@@ -63,8 +57,16 @@ def read_records(path: str | Path) -> list[dict]:
             records = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{path} is not valid JSON ({error}); fix the file") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise DataError(f"{path} must hold JSON objects (a .json array or one per .jsonl line)")
+    if not isinstance(records, list):
+        raise DataError(
+            f"{path} holds {json_type(records)}; a .json file must be an array of records"
+        )
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path} record {i} is {json_type(record)}; each record must be a JSON object "
+                "(a .json array of objects, or one object per .jsonl line)"
+            )
     if not records:
         raise DataError(f"{path} holds no records; add some")
     return records
@@ -95,53 +97,36 @@ def detect_format(record: dict, path: str, pairs: bool) -> str:
     )
 
 
-def _text(content: object, where: str) -> str:
-    """Message content as text: a string, or a list of {"type": "text", "text"|"value"} parts."""
+def _text(content: str | list[dict]) -> str:
+    """Checked content as text: a string, or the text of its parts ("text", else "value")."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        return "".join(str(p.get("text", p.get("value", ""))) for p in content)
-    raise DataError(f"{where}: message content must be text or a list of text parts")
+    return "".join(p["text"] if p.get("text") is not None else p["value"] for p in content)
 
 
-def _message(role: object, content: object, where: str) -> dict:
-    if role not in ROLES:
-        raise DataError(f"{where}: unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
-    return {"role": ROLES[role], "content": _text(content, where)}
+def _messages(items: list[dict], role_key: str, content_key: str) -> Messages:
+    return [{"role": ROLES[m[role_key]], "content": _text(m[content_key])} for m in items]
 
 
-def _messages(items: object, where: str, role_key: str, content_key: str) -> Messages:
-    if not isinstance(items, list) or not all(isinstance(m, dict) for m in items):
-        raise DataError(f"{where}: expected a list of messages")
-    try:
-        return [_message(m[role_key], m[content_key], where) for m in items]
-    except KeyError as error:
-        raise DataError(
-            f"{where}: a message lacks {error}; each needs {role_key!r} and {content_key!r}"
-        ) from None
-
-
-def _alpaca(record: dict, where: str) -> Messages:
+def _alpaca(record: dict) -> Messages:
     prompt = record["instruction"]
     if record.get("input"):
         prompt = f"{prompt}\n\n{record['input']}"
     messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
     return messages + [
-        {"role": "user", "content": _text(prompt, where)},
-        {"role": "assistant", "content": _text(record["output"], where)},
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": record["output"]},
     ]
 
 
 def to_conversation(record: dict, fmt: str, where: str) -> Messages:
-    """One SFT record as a message list."""
-    try:
-        if fmt == "alpaca":
-            return _alpaca(record, where)
-        if fmt == "messages":
-            return _messages(record["messages"], where, "role", "content")
-        return _messages(record["conversations"], where, "from", "value")
-    except KeyError as error:
-        raise DataError(f"{where}: missing field {error} for format {fmt}") from None
+    """One SFT record as a message list (a DataError naming the field if it is malformed)."""
+    check(record, SCHEMAS[fmt], "", where)
+    if fmt == "alpaca":
+        return _alpaca(record)
+    if fmt == "messages":
+        return _messages(record["messages"], "role", "content")
+    return _messages(record["conversations"], "from", "value")
 
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -151,7 +136,7 @@ def parse_transcript(text: str, where: str) -> Messages:
     """hh-rlhf's "\\n\\nHuman: ...\\n\\nAssistant: ..." transcript as messages."""
     parts = _TURN.split(text)
     if len(parts) < 3 or parts[0].strip():
-        raise DataError(f"{where}: not a '\\n\\nHuman: ... \\n\\nAssistant: ...' transcript")
+        raise DataError(f"{where} is not a '\\n\\nHuman: ... \\n\\nAssistant: ...' transcript")
     roles = {"Human": "user", "Assistant": "assistant"}
     return [
         {"role": roles[speaker], "content": content.strip()}
@@ -161,25 +146,21 @@ def parse_transcript(text: str, where: str) -> Messages:
 
 def to_pair(record: dict, fmt: str, where: str) -> tuple[Messages, Messages]:
     """One preference record as (chosen conversation, rejected conversation)."""
-    try:
-        if fmt == "hh":
-            return (
-                parse_transcript(record["chosen"], where),
-                parse_transcript(record["rejected"], where),
-            )
-        if fmt == "message-pairs":
-            return (
-                _messages(record["chosen_messages"], where, "role", "content"),
-                _messages(record["rejected_messages"], where, "role", "content"),
-            )
-        prompt = _messages(record["conversations"], where, "from", "value")
-        chosen, rejected = record["chosen"], record["rejected"]
+    check(record, SCHEMAS[fmt], "", where)
+    if fmt == "hh":
         return (
-            prompt + [_message(chosen["from"], chosen["value"], where)],
-            prompt + [_message(rejected["from"], rejected["value"], where)],
+            parse_transcript(record["chosen"], f"{where}: chosen"),
+            parse_transcript(record["rejected"], f"{where}: rejected"),
         )
-    except (KeyError, TypeError) as error:
-        raise DataError(f"{where}: missing or malformed field {error} for format {fmt}") from None
+    if fmt == "message-pairs":
+        return (
+            _messages(record["chosen_messages"], "role", "content"),
+            _messages(record["rejected_messages"], "role", "content"),
+        )
+    prompt = _messages(record["conversations"], "from", "value")
+    return tuple(
+        prompt + _messages([record[side]], "from", "value") for side in ("chosen", "rejected")
+    )
 
 
 def load_conversations(path: str, fmt: str) -> list[Messages]:
