@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from lmforge.errors import ConfigError
 from lmforge.finetune.reward_set import RewardScores, RewardSet, as_reward
 from lmforge.reward_config import RewardConfig
 
@@ -31,6 +32,8 @@ def dies(completion, record):
 
 def length(completion, record):
     return len(completion)
+
+made_by_lambda = lambda completion, record: 1.0  # noqa: E731
 """
 
 
@@ -115,3 +118,9 @@ def test_mismatched_batch_and_empty_summary():
     with RewardSet(RewardConfig()) as rewards, pytest.raises(ValueError, match="2 completions"):
         rewards.score(["a", "b"], [{}])
     assert RewardScores({"number": []}, []).summary()["reward/number/mean"] == 0.0
+
+
+def test_a_function_the_worker_cannot_receive_is_refused_up_front(user_module):
+    config = RewardConfig(functions=[f"{user_module}:made_by_lambda"])
+    with pytest.raises(ConfigError, match="'grpo_user_rewards:made_by_lambda' cannot be sent"):
+        RewardSet(config)

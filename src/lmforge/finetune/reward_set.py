@@ -11,15 +11,16 @@ bad completion or function never stops a run; the counts go to the log.
 from __future__ import annotations
 
 import math
+import pickle
 import statistics
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
-from lmforge.errors import one_line
+from lmforge.errors import ConfigError, one_line
 from lmforge.finetune.reward_worker import RewardWorker
 from lmforge.finetune.rewards import resolve
-from lmforge.reward_config import RewardConfig
+from lmforge.reward_config import PREFIX, RewardConfig
 
 IN_PROCESS = ("number", "exact_match", "length_penalty")
 
@@ -53,6 +54,18 @@ def as_reward(value: Any) -> float:
     return result
 
 
+def _check_sendable(name: str, function: Any) -> None:
+    """The worker receives functions pickled (by module and name), so a lambda or a function
+    made inside another one cannot go: refuse it now rather than fail every call."""
+    try:
+        pickle.dumps(function)
+    except Exception as error:
+        raise ConfigError(
+            f"{PREFIX}.functions: {name!r} cannot be sent to the reward worker "
+            f"({one_line(error, 200)}); define it with `def` at the top level of its module"
+        ) from None
+
+
 class RewardSet:
     """The functions of a RewardConfig with their weights. `close()` (or `with`) stops the worker."""
 
@@ -64,6 +77,8 @@ class RewardSet:
         functions = [resolve(name, config) for name in self.names]  # imports user modules
         self._local = {i: f for i, f in enumerate(functions) if self.names[i] in IN_PROCESS}
         remote = [i for i in range(len(functions)) if i not in self._local]
+        for i in remote:
+            _check_sendable(self.names[i], functions[i])
         self._slot = {i: slot for slot, i in enumerate(remote)}
         self._worker = RewardWorker([functions[i] for i in remote]) if remote else None
         self.errors = dict.fromkeys(self.names, 0)
