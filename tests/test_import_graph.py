@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "_validate", "runtime", "json_files", "sampling_validation", "_callable_package"),
     # the model, tokenizers and data; `config` holds the run-config dataclasses, which compose the
     # model and data configs, so it lives on this floor too (with their range checks), as does
-    # `reward_config` (GRPO's reward settings, torch-free, which the run config will compose)
+    # `reward_config` (GRPO's reward settings, torch-free, which the run config composes)
     ("models", "tokenizer", "data", "config", "config_checks", "reward_config"),
     # optimizers sit below parallel/: ZeRO and the sharded checkpoints hold their state
     ("optim",),

@@ -20,6 +20,7 @@ from lmforge.errors import ConfigError
 from lmforge.models.config import ModelConfig
 from lmforge.models.lora_config import LoraConfig
 from lmforge.models.presets import preset_fields
+from lmforge.reward_config import RewardConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -214,16 +215,43 @@ class RunConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """`lmforge finetune sft|dpo|distill`: data, objective and model transform."""
+class GRPOConfig:
+    """`finetune grpo` (`[finetune.grpo]`): sampling and the clipped objective (grpo_losses.py).
+    train.micro_batch_size counts prompts; each one yields group_size completions."""
 
-    method: Literal["sft", "dpo", "distill"] = "sft"
+    group_size: int = 8
+    """Completions sampled per prompt (G); advantages compare the completions of one prompt."""
+    max_new_tokens: int = 128
+    """Longest completion; a prompt longer than train.seq_len minus this is dropped."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    mu: int = 1
+    """Optimizer steps per generation batch; only 1 is implemented (old log-probs = new ones,
+    detached)."""
+    clip_eps: float = 0.2
+    """The ratio's band is [1 - clip_eps, 1 + clip_eps_high]."""
+    clip_eps_high: float | None = None
+    """None: clip_eps (symmetric); DAPO's clip-higher uses 0.28."""
+    beta: float = 0.0
+    """Weight of the k3 KL penalty to the starting model; 0 skips the reference pass."""
+    scale_by_std: bool = False
+    """Divide advantages by the group's std (DeepSeekMath); off as in Dr. GRPO."""
+    normalization: Literal["token", "sequence"] = "token"
+    """token: mean over all completion tokens of a micro-batch; sequence: per row, then rows."""
+
+
+@dataclass
+class FinetuneConfig:
+    """`lmforge finetune sft|dpo|distill|grpo`: data, objective and model transform."""
+
+    method: Literal["sft", "dpo", "distill", "grpo"] = "sft"
     init_from: str | None = None
     """Starting weights: an lmforge checkpoint or run dir, a .gguf file or a Hugging Face model
     dir (read in memory; the model config and tokenizer come from it). distill: the teacher's
     tokenizer is used and this is optional."""
     data: str = ""
-    """Training records: .json (array), .jsonl or .jsonl.gz."""
+    """Training records: .json (array), .jsonl or .jsonl.gz (grpo: prompt records, see
+    data/prompt_records.py)."""
     data_format: Literal[
         "auto", "alpaca", "messages", "sharegpt", "hh", "sharegpt-pairs", "message-pairs"
     ] = "auto"
@@ -252,6 +280,9 @@ class FinetuneConfig:
     student_init: Literal["teacher", "random"] = "teacher"
     """distill with student_layers: copy embeddings, final norm and evenly spaced layers from the
     teacher, or start from a random init."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    """grpo: the reward functions and their weights (reward_config.py)."""
 
 
 @dataclass

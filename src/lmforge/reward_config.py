@@ -1,7 +1,7 @@
 """The reward settings of GRPO (`[finetune.rewards]`), apart from the reward functions in
 finetune/rewards.py so that the run config and the command line read them without torch.
 
-Not yet a field of FinetuneConfig: `lmforge finetune grpo` is in progress and will compose it.
+FinetuneConfig.rewards composes it (`lmforge finetune grpo`).
 The checks run when the dataclass is made (TOML, code) and again on `validate()`, which the run
 should call after command-line overrides, since those set fields without remaking the object.
 """

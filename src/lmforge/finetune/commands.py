@@ -14,10 +14,11 @@ from lmforge.config import FinetuneRunConfig
 
 @dataclass
 class FinetuneCommand:
-    """Finetune a model: sft, dpo or distill, optionally with LoRA (the train loop and its flags)."""
+    """Finetune a model: sft, dpo, distill or grpo, optionally with LoRA (the train loop and its
+    flags)."""
 
-    method: tyro.conf.Positional[Literal["sft", "dpo", "distill", None]] = None
-    """sft, dpo or distill; default: the config's finetune.method."""
+    method: tyro.conf.Positional[Literal["sft", "dpo", "distill", "grpo", None]] = None
+    """sft, dpo, distill or grpo; default: the config's finetune.method."""
     run: Annotated[FinetuneRunConfig, tyro.conf.arg(name="")] = field(
         default_factory=FinetuneRunConfig
     )
