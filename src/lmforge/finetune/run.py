@@ -1,4 +1,4 @@
-"""`lmforge finetune sft|dpo|distill`: pick the starting weights, the model config and the
+"""`lmforge finetune sft|dpo|distill|grpo`: pick the starting weights, the model config and the
 objective, then run the one training loop (train/loop.py) with it."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from lmforge.config_checks import check_device, check_ranges
 from lmforge.errors import ConfigError
 from lmforge.finetune.distill import DistillObjective, check_vocab, student_config
 from lmforge.finetune.dpo import DPOObjective
+from lmforge.finetune.grpo import GRPOObjective
 from lmforge.finetune.sft import SFTObjective
 from lmforge.train.loop import TrainResult, train
 from lmforge.train.objective import Objective
@@ -53,7 +54,21 @@ def build_objective(run: FinetuneRunConfig) -> tuple[FinetuneRunConfig, Objectiv
     run = dataclasses.replace(run, model=start[0])
     if cfg.method == "sft":
         return run, SFTObjective(run, start[2], start)
+    if cfg.method == "grpo":
+        check_grpo(run)
+        return run, GRPOObjective(run, start[2], start)
     return run, DPOObjective(run, start[2], start)
+
+
+def check_grpo(run: FinetuneRunConfig) -> None:
+    """What GRPO cannot do yet, refused before any work."""
+    run.finetune.rewards.validate()  # command-line overrides set fields without re-checking
+    if run.parallel.strategy == "fsdp" or run.parallel.tensor_parallel > 1:
+        # Ranks decode different numbers of steps, so FSDP's per-layer gathers would not pair up.
+        raise ConfigError(
+            "finetune grpo runs with parallel.strategy ddp or zero1 and tensor_parallel 1 (FSDP "
+            "and tensor parallelism need lockstep generation, not implemented yet)"
+        )
 
 
 def finetune(
