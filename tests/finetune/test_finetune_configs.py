@@ -7,7 +7,7 @@ import pytest
 from lmforge.config import CONFIG_DIR, FinetuneRunConfig, dump_toml, load_run_config
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo", "distill"])
+@pytest.mark.parametrize("method", ["sft", "dpo", "distill", "grpo"])
 def test_shipped_finetune_configs(tmp_path, method):
     run = load_run_config(f"{method}-smollm2", cls=FinetuneRunConfig)
     assert (CONFIG_DIR / f"{method}-smollm2.toml").is_file()
