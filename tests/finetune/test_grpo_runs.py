@@ -34,7 +34,9 @@ def arithmetic(tmp_path_factory) -> tuple[Path, Path]:
     return train, test
 
 
-def grpo_run(tmp_path: Path, base: Path, data: tuple[Path, Path], out: str) -> FinetuneRunConfig:
+def grpo_run(
+    tmp_path: Path, base: Path, data: tuple[Path, Path], out: str, lora: dict = LORA
+) -> FinetuneRunConfig:
     """A seconds-long LoRA GRPO run (fp32 CPU). The random model never answers right, so a
     length penalty gives the groups reward differences to learn from."""
     run = {
@@ -43,7 +45,7 @@ def grpo_run(tmp_path: Path, base: Path, data: tuple[Path, Path], out: str) -> F
         "logging": {"progress_bar": False},
         "finetune": {
             "method": "grpo", "init_from": str(base), "data": str(data[0]),
-            "val_data": str(data[1]), "grpo": GRPO, "lora": LORA, "rewards": REWARDS,
+            "val_data": str(data[1]), "grpo": GRPO, "lora": lora, "rewards": REWARDS,
         },
     }  # fmt: skip
     path = tmp_path / f"{out}.toml"
@@ -78,6 +80,15 @@ def test_grpo_run_logs_metrics_and_resumes_exactly(tmp_path, tiny_base, arithmet
     assert again == pytest.approx(losses, rel=1e-5, abs=1e-7)
 
 
+def test_grpo_without_lora_uses_a_frozen_reference(tmp_path, tiny_base, arithmetic):  # noqa: F811
+    run = grpo_run(tmp_path, tiny_base, arithmetic, "full-weights", lora={"enabled": False})
+    out = finetune(run).out_dir
+    steps = [r for r in records(out) if "loss" in r]
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    assert steps[-1]["kl"] > 0  # and moves away from it
+    assert (out / "checkpoints" / "last" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
@@ -90,8 +101,14 @@ def test_grpo_run_logs_metrics_and_resumes_exactly(tmp_path, tiny_base, arithmet
     ],
 )
 def test_bad_grpo_settings_fail_in_one_line(
-    tmp_path, tiny_base, arithmetic, capsys, flag, value, message
-):  # noqa: F811
+    tmp_path,
+    tiny_base,  # noqa: F811
+    arithmetic,
+    capsys,
+    flag,
+    value,
+    message,
+):
     code = main([
         "finetune", "grpo", "--init_from", str(tiny_base), "--finetune.data", str(arithmetic[0]),
         "--train.out_dir", str(tmp_path / "out"), "--train.device", "cpu", flag, value,
