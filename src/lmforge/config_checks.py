@@ -84,6 +84,9 @@ RANGES: dict[str, Rule] = {
     "finetune.grpo.clip_eps": BETA,
     "finetune.grpo.clip_eps_high": NON_NEGATIVE,
     "finetune.grpo.beta": NON_NEGATIVE,
+    # RewardConfig checks these itself too (reward_config.py); listed so that the table is whole
+    "finetune.rewards.length_target": AT_LEAST_ONE,
+    "finetune.rewards.time_limit": POSITIVE,
     "finetune.lora.rank": AT_LEAST_ONE,
     "finetune.lora.alpha": POSITIVE,
     "finetune.lora.dropout": BETA,
