@@ -86,3 +86,13 @@ def test_main_writes_jsonl(tmp_path, capsys):
     assert len(train) == 20 and len(test) == 5
     assert train == generate_problems(20, "train", steps=2)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_the_module_command_refuses_an_impossible_task_in_one_line(tmp_path, capsys):
+    from lmforge.data.arithmetic_task import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--steps", "1", "--max_value", "20"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "raise max_value" in err

@@ -16,11 +16,12 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, LmforgeError, one_line
 
 Split = Literal["train", "test"]
 NAMES = ("Sam", "Ava", "Liam", "Mia", "Noah", "Zoe", "Omar", "Lena", "Ravi", "Yuki")
@@ -174,7 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1, help=f"operations, 1 to {MAX_STEPS}")
     args = parser.parse_args(argv)
     options = {"seed": args.seed, "max_value": args.max_value, "steps": args.steps}
-    for path in write_task(args.out, args.train, args.test, **options):
+    try:
+        paths = list(write_task(args.out, args.train, args.test, **options))
+    except LmforgeError as error:  # one line and exit 2, as the lmforge command does
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    for path in paths:
         print(f"wrote {path}")
 
 
