@@ -51,6 +51,12 @@ class Recorder:
         self.text: dict[int, str] = {}
         self.done: dict[int, tuple] = {}
         self.finished = threading.Condition()
+        self.triggers: dict[tuple[int, int], object] = {}
+
+    def on_token(self, index: int, count: int, action) -> None:
+        """Run `action` on the engine thread when row `index` emits its `count`-th text event:
+        what arrives then arrives at a known step, however busy the host is."""
+        self.triggers[index, count] = action
 
     def emit(self, event: tuple) -> None:
         with self.finished:
@@ -60,6 +66,11 @@ class Recorder:
             else:
                 self.done[event[1]] = event
                 self.finished.notify_all()
+        if event[0] == "text":
+            seen = sum(1 for e in self.log if e[0] == "text" and e[1] == event[1])
+            action = self.triggers.pop((event[1], seen), None)
+            if action is not None:
+                action()
 
     def row(self, index: int, ids: list[int], max_tokens: int, **options) -> Row:
         return Row(index=index, prompt_ids=ids, max_tokens=max_tokens, emit=self.emit,
@@ -77,6 +88,11 @@ class Recorder:
 @pytest.fixture(scope="module")
 def tokenizer():
     return tiny_tokenizer()
+
+
+def never_stop(tokenizer) -> dict[int, float]:
+    """logit_bias that keeps a row from its stop tokens: it runs to max_tokens."""
+    return {token: -100.0 for token in tokenizer.stop_ids}
 
 
 def prompts(tokenizer) -> list[list[int]]:
@@ -132,16 +148,15 @@ def test_a_short_request_finishes_while_a_long_one_runs(tokenizer):
     recorder = Recorder()
     try:
         long_ids = tokenizer.encode("once upon a time")
-        engine.submit([recorder.row(0, long_ids, 400, temperature=1.0, seed=1)])
-        deadline = time.monotonic() + 60
-        while recorder.tokens_seen(0) < 3 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        engine.submit([recorder.row(1, tokenizer.encode("hi"), 3)])
-        recorder.wait([1])
-        assert 0 not in recorder.done  # static batching would have waited for the long row
-        recorder.wait([0])
+        short = recorder.row(1, tokenizer.encode("hi"), 3)
+        recorder.on_token(0, 3, lambda: engine.submit([short]))
+        engine.submit([recorder.row(0, long_ids, 400, logit_bias=never_stop(tokenizer))])
+        recorder.wait([1, 0])
     finally:
         engine.stop()
+    assert recorder.done[0][3] == 400  # the long row ran to its end
+    finished = [e[1] for e in recorder.log if e[0] == "done"]
+    assert finished == [1, 0]  # static batching would have made the short row wait
 
 
 def test_long_prompt_is_prefilled_in_chunks_while_rows_decode(tokenizer):
@@ -150,19 +165,20 @@ def test_long_prompt_is_prefilled_in_chunks_while_rows_decode(tokenizer):
     engine.start()
     recorder = Recorder()
     try:
-        engine.submit([recorder.row(0, tokenizer.encode("go"), 300, temperature=1.0, seed=2)])
-        while recorder.tokens_seen(0) < 2:
-            time.sleep(0.005)
         long_prompt = tokenizer.encode("alpha beta gamma delta epsilon " * 12)[:150]
         assert len(long_prompt) == 150
-        engine.submit([recorder.row(1, long_prompt, 2)])
+        recorder.on_token(0, 2, lambda: engine.submit([recorder.row(1, long_prompt, 2)]))
+        going = recorder.row(
+            0, tokenizer.encode("go"), 300, logit_bias=never_stop(tokenizer), logprobs=0
+        )  # logprobs: an event for every token, even one whose text is held back
+        engine.submit([going])
         recorder.wait([1, 0])
     finally:
         engine.stop()
     order = [e[1] for e in recorder.log if e[0] == "text"]
-    first_of_long = order.index(1)
-    # 150 prompt tokens at 7 a step: ~20 steps, each of which gave row 0 a token
-    assert order[:first_of_long].count(0) >= 15
+    # row 1 arrived after row 0's 2nd token; its 150 prompt tokens at 7 a step (8 minus row 0's
+    # one) take 22 steps, and every one of them gave row 0 a token
+    assert order[2 : order.index(1)].count(0) >= 21
 
 
 def test_a_cancelled_row_leaves_the_batch_at_once(tokenizer):
