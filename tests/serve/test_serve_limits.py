@@ -64,17 +64,18 @@ def test_second_turn_reuses_the_first_turns_prefix_and_metrics_count_it(server):
 
 
 def endless_prompt(model, tokenizer) -> str:
-    """A prompt whose greedy continuation runs 300 tokens without a stop token."""
-    config = SamplingConfig(max_new_tokens=300, temperature=0, stop_tokens=tokenizer.stop_ids)
+    """A prompt whose greedy continuation runs 500 tokens without a stop token (long enough that
+    the request is still running when the third one arrives, even on a busy host)."""
+    config = SamplingConfig(max_new_tokens=500, temperature=0, stop_tokens=tokenizer.stop_ids)
     for prompt in ("once", "the", "a b", "def", "hello there", "x"):
-        if len(generate(model, [tokenizer.encode(prompt)], config)[0]) == 300:
+        if len(generate(model, [tokenizer.encode(prompt)], config)[0]) == 500:
             return prompt
-    raise AssertionError("no prompt of this tiny model runs 300 tokens")
+    raise AssertionError("no prompt of this tiny model runs 500 tokens")
 
 
 def test_requests_beyond_the_queue_get_429_and_the_connection_stays_usable(server, reference):  # noqa: F811
     prompt = endless_prompt(*reference)
-    body = {"model": "tiny-chat", "prompt": prompt, "max_tokens": 300, "stream": True,
+    body = {"model": "tiny-chat", "prompt": prompt, "max_tokens": 500, "stream": True,
             "temperature": 0}  # fmt: skip
     with httpx.Client(base_url=server.base, timeout=60) as client:
         with client.stream("POST", "/v1/completions", json=body) as running:
