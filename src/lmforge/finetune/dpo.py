@@ -28,8 +28,7 @@ from lmforge.data.sft import (
 )
 from lmforge.finetune.base import FinetuneObjective, split_held_out
 from lmforge.finetune.losses import dpo_loss, preference_accuracy, sequence_log_probs
-from lmforge.finetune.sft import forward_logits
-from lmforge.models.lora import adapters_disabled
+from lmforge.finetune.sft import forward_logits, reference_logits
 from lmforge.parallel.dist import DistInfo
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objective import Batch, evaluate_batches
@@ -91,15 +90,8 @@ class DPOObjective(FinetuneObjective):
             train_rows, val_rows, lambda pairs: collate_pairs(pairs, pad), run, info, device
         )
 
-    @torch.no_grad()
     def reference_log_probs(self, batch: Batch, autocast) -> torch.Tensor:
-        if self.reference is not None:
-            return sequence_log_probs(forward_logits(self.reference, batch, autocast), batch[1])
-        model, was_training = self.model, self.model.training
-        model.eval()  # no dropout in the reference
-        with adapters_disabled(model):
-            logits = forward_logits(model, batch, autocast)
-        model.train(was_training)
+        logits = reference_logits(self.reference, self.model, batch, autocast)
         return sequence_log_probs(logits, batch[1])
 
     def pair_terms(self, forward: nn.Module, batch: Batch, autocast):

@@ -38,10 +38,9 @@ from lmforge.errors import ConfigError
 from lmforge.finetune.base import FinetuneObjective, split_held_out
 from lmforge.finetune.grpo_losses import group_advantages, grpo_loss, token_log_probs
 from lmforge.finetune.reward_set import RewardSet
-from lmforge.finetune.sft import forward_logits
+from lmforge.finetune.sft import forward_logits, reference_logits
 from lmforge.inference.generate import generate
 from lmforge.inference.options import SamplingConfig
-from lmforge.models.lora import adapters_disabled
 from lmforge.parallel.dist import DistInfo
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objective import Batch, evaluate_batches
@@ -152,15 +151,8 @@ class GRPOObjective(FinetuneObjective):
         texts = [self.tokenizer.decode([t for t in c if t not in stops]) for c in completions]
         return self.rewards.score(texts, records)
 
-    @torch.no_grad()
     def reference_log_probs(self, batch: Batch, autocast) -> torch.Tensor:
-        if self.reference is not None:
-            return token_log_probs(forward_logits(self.reference, batch, autocast), batch[1])
-        model, was_training = self.model, self.model.training
-        model.eval()  # no dropout in the reference
-        with adapters_disabled(model):
-            logits = forward_logits(model, batch, autocast)
-        model.train(was_training)
+        logits = reference_logits(self.reference, self.model, batch, autocast)
         return token_log_probs(logits, batch[1])
 
     def loss(self, forward: nn.Module, batch: Batch, autocast) -> torch.Tensor:

@@ -21,6 +21,7 @@ from lmforge.data.sft import (
 )
 from lmforge.finetune.base import FinetuneObjective, split_held_out
 from lmforge.finetune.losses import masked_cross_entropy
+from lmforge.models.lora import adapters_disabled
 from lmforge.parallel.dist import DistInfo
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.objective import Batch, evaluate_batches
@@ -40,6 +41,22 @@ def forward_logits(forward: nn.Module, batch: Batch, autocast) -> torch.Tensor:
     kwargs = {"document_ids": layout[0], "positions": layout[1]} if layout else {}
     with autocast:
         return forward(inputs, **kwargs)
+
+
+@torch.no_grad()
+def reference_logits(
+    reference: nn.Module | None, model: nn.Module, batch: Batch, autocast
+) -> torch.Tensor:
+    """Logits of the frozen starting model (DPO, GRPO): the copy kept without LoRA, else the
+    trained model with its adapters switched off, in eval mode (no dropout in the reference)."""
+    if reference is not None:
+        return forward_logits(reference, batch, autocast)
+    was_training = model.training
+    model.eval()
+    with adapters_disabled(model):
+        logits = forward_logits(model, batch, autocast)
+    model.train(was_training)
+    return logits
 
 
 def collate_rows(rows: list[Row], pad_id: int, packed: bool) -> Batch:
