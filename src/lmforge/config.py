@@ -226,8 +226,8 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     mu: int = 1
-    """Optimizer steps per generation batch; only 1 is implemented (old log-probs = new ones,
-    detached)."""
+    """Optimizer steps per generation batch: 1 samples every step; mu > 1 trains mu steps on
+    each batch of rollouts against the log-probs of the policy that sampled them."""
     clip_eps: float = 0.2
     """The ratio's band is [1 - clip_eps, 1 + clip_eps_high]."""
     clip_eps_high: float | None = None

@@ -80,7 +80,7 @@ RANGES: dict[str, Rule] = {
     "finetune.grpo.max_new_tokens": AT_LEAST_ONE,
     "finetune.grpo.temperature": POSITIVE,  # 0 (greedy) would make every group uniform
     "finetune.grpo.top_p": FACTOR,
-    "finetune.grpo.mu": (lambda v: v == 1, "must be 1 (mu > 1 is not implemented yet)"),
+    "finetune.grpo.mu": AT_LEAST_ONE,
     "finetune.grpo.clip_eps": BETA,
     "finetune.grpo.clip_eps_high": NON_NEGATIVE,
     "finetune.grpo.beta": NON_NEGATIVE,

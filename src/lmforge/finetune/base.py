@@ -49,6 +49,7 @@ class FinetuneObjective:
         self.write_weights: WeightsWriter | None = None
         self.model: nn.Module | None = None
         self.sums: dict[str, torch.Tensor] = {}
+        self.count_of: dict[str, str] = {}
         self.say = print
 
     def starting_weights(self, model: nn.Module) -> None:
@@ -94,17 +95,30 @@ class FinetuneObjective:
         val_loader = ExampleLoader(val_rows, seed=cfg.seed, shuffle=False, name="val", **options)
         return train_loader, val_loader
 
-    def accumulate(self, **values: torch.Tensor) -> None:
-        """Add per-micro-batch sums (and a `count`) for train_metrics."""
+    def accumulate(self, count_key: str = "count", **values: torch.Tensor) -> None:
+        """Add per-micro-batch sums for train_metrics, each to be divided by the sum of the
+        values passed under `count_key` (GRPO counts generation batches and loss passes apart)."""
         for key, value in values.items():
             value = value.detach().float()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.count_of[key] = count_key
 
     def train_metrics(self, info: DistInfo) -> dict[str, float]:
         if not self.sums:
             return {}
         keys = sorted(self.sums)
         totals = sum_over_ranks(torch.stack([self.sums[k] for k in keys]), info)
-        self.sums = {}
-        count = totals[keys.index("count")].clamp(min=1)
-        return {k: (v / count).item() for k, v in zip(keys, totals, strict=True) if k != "count"}
+        counts = set(self.count_of.values())
+        divisor = {k: totals[keys.index(self.count_of[k])].clamp(min=1) for k in keys}
+        self.sums, self.count_of = {}, {}
+        return {
+            k: (v / divisor[k]).item() for k, v in zip(keys, totals, strict=True) if k not in counts
+        }
+
+    def state_dict(self, info: DistInfo) -> dict:
+        """What a checkpoint must hold beyond the loader (GRPO's kept rollouts); may be
+        collective."""
+        return {}
+
+    def load_state_dict(self, state: dict, info: DistInfo) -> None:
+        pass

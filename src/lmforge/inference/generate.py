@@ -52,6 +52,14 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor
     return chosen.clamp(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+def cache_dtype(model: Transformer, device: torch.device) -> torch.dtype:
+    """The keys' dtype: autocast's where it is on (GRPO samples under the training precision),
+    else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return model.token_embedding.weight.dtype
+
+
 def _left_pad(rows: list[list[int]], device: torch.device):
     """Tokens (B, T) padded on the left with 0, pad counts (B,), positions (B, T)."""
     width = max(len(r) for r in rows)
@@ -107,7 +115,7 @@ def generate(
     generator = None
     if config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
-    dtype = model.token_embedding.weight.dtype
+    dtype = cache_dtype(model, device)
     static = static_cache_supported(model.config)
     cache_type = StaticKVCache if static else KVCache
     step = compiled_decode_step(model) if compile and static else _decode_step(model)

@@ -76,6 +76,16 @@ class Objective(Protocol):
         """Held-out metrics over val batches 0 .. batches-1 (collective); must hold val_loss."""
         ...
 
+    def state_dict(self, info: DistInfo) -> dict:
+        """What a checkpoint must hold beyond the loader and the RNG (GRPO's rollouts kept for
+        the steps after a generation batch); every rank calls it (it may be collective), rank 0's
+        is saved, and it must be tensors and plain data (train_state.pt is read weights_only)."""
+        ...
+
+    def load_state_dict(self, state: dict, info: DistInfo) -> None:
+        """Restore `state_dict`'s state on resume and rollback, after the loader's."""
+        ...
+
 
 def evaluate_batches(
     metric: Callable[[Batch], torch.Tensor],
@@ -141,6 +151,12 @@ class PretrainObjective:
 
     def train_metrics(self, info: DistInfo) -> dict[str, float]:
         return {}
+
+    def state_dict(self, info: DistInfo) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict, info: DistInfo) -> None:
+        pass
 
     def evaluate(
         self, forward: nn.Module, loader: Loader, batches: int, autocast, info: DistInfo

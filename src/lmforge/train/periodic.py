@@ -117,6 +117,7 @@ def save(setup: TrainSetup, counters: Counters, is_best: bool, budget_pending: b
     train_state = {
         "scaler": s.scaler.state_dict(),
         "loader": s.train_loader.state_dict(),
+        "objective": s.objective.state_dict(s.info),
         "rng": {"torch": torch.get_rng_state()}
         | ({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
         "step": counters.step,

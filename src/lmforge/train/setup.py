@@ -119,6 +119,7 @@ class TrainSetup:
             restore_sharded(directory, self.model, self.optimizer, self.info, changed)
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
+        self.objective.load_state_dict(state.get("objective", {}), self.info)
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
