@@ -35,6 +35,7 @@ def grpo_toml(
     lora: dict = LORA,
     grpo: dict | None = None,
     train: dict | None = None,
+    rewards: dict | None = None,
 ) -> Path:
     """A seconds-long LoRA GRPO run's config file (fp32 CPU). The random model never answers
     right, so a length penalty gives the groups reward differences to learn from."""
@@ -45,7 +46,7 @@ def grpo_toml(
         "finetune": {
             "method": "grpo", "init_from": str(base), "data": str(data[0]),
             "val_data": str(data[1]), "grpo": GRPO | (grpo or {}), "lora": lora,
-            "rewards": REWARDS,
+            "rewards": rewards or REWARDS,
         },
     }  # fmt: skip
     path = tmp_path / f"{out}.toml"

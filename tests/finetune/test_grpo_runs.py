@@ -4,6 +4,8 @@ losses (sampling seeds come from the checkpointed loader cursor), bad settings f
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 from conftest import rewind
 from finetune_fixtures import tiny_base  # noqa: F401
@@ -75,3 +77,15 @@ def test_bad_grpo_settings_fail_in_one_line(
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error, error
+
+
+def test_the_reward_worker_stops_with_the_run(tmp_path, tiny_base, arithmetic):  # noqa: F811
+    # `format` runs in a spawned worker (its regex could backtrack for ever); the run stops it.
+    rewards = {"functions": ["number", "format"], "format_regex": ".*[0-9].*"}
+    run = grpo_run(
+        tmp_path, tiny_base, arithmetic, "worker", rewards=rewards, train={"max_steps": 1}
+    )
+    assert not multiprocessing.active_children()
+    steps = [r for r in records(finetune(run).out_dir) if "loss" in r]
+    assert "reward/format/mean" in steps[0]
+    assert not multiprocessing.active_children()

@@ -122,3 +122,6 @@ class FinetuneObjective:
 
     def load_state_dict(self, state: dict, info: DistInfo) -> None:
         pass
+
+    def close(self) -> None:
+        pass

@@ -81,6 +81,7 @@ def sample_seed(seed: int, first_row: int) -> int:
 class GRPOObjective(FinetuneObjective):
     reference: nn.Module | None = None
     train_loader: ReplayLoader | None = None
+    rewards: RewardSet | None = None
 
     def prepare(self, run: RunConfig, info: DistInfo, progress: bool) -> Tokenizer:
         self.say = tqdm.write if info.is_main else (lambda message: None)
@@ -251,6 +252,10 @@ class GRPOObjective(FinetuneObjective):
         self.rollouts = unpack_rollouts(
             state.get("rollouts", {}), info, self.train_loader.device, "the checkpoint"
         )
+
+    def close(self) -> None:
+        if self.rewards is not None:
+            self.rewards.close()  # stops the worker of user and format rewards
 
     def train_metrics(self, info: DistInfo) -> dict[str, float]:
         metrics = super().train_metrics(info)

@@ -81,6 +81,7 @@ def train(
                 run, info, resume, init_from, objective, start_step, reset_optimizer, signals
             )
         finally:
+            objective.close()
             shutdown(info)
 
 

@@ -86,6 +86,11 @@ class Objective(Protocol):
         """Restore `state_dict`'s state on resume and rollback, after the loader's."""
         ...
 
+    def close(self) -> None:
+        """Release what the objective started (GRPO's reward worker); the run has ended, or
+        failed at any point after `prepare` began."""
+        ...
+
 
 def evaluate_batches(
     metric: Callable[[Batch], torch.Tensor],
@@ -156,6 +161,9 @@ class PretrainObjective:
         return {}
 
     def load_state_dict(self, state: dict, info: DistInfo) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def evaluate(

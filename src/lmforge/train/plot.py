@@ -1,4 +1,5 @@
-"""Loss curves as a PNG: `lmforge plot RUN_DIR` (also drawn at the end of every run)."""
+"""Loss curves as a PNG: `lmforge plot RUN_DIR` (also drawn at the end of every run), and for a
+GRPO run its reward curve beside them (reward.png)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,32 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     else:
         axis.text(0.5, 0.5, "no losses logged yet", ha="center", transform=axis.transAxes)
     out = Path(out) if out else run_dir / "loss.png"
+    figure.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    if series(records, "reward/total/mean"):
+        plot_rewards(records, run_dir / "reward.png", run_dir.name)
+    return out
+
+
+def plot_rewards(records: list[dict], out: Path, title: str, window: int = 8) -> Path:
+    """GRPO: the mean reward of each step's samples (and its running mean over `window` steps)
+    and the greedy held-out accuracy at each evaluation."""
+    rewards, accuracy = series(records, "reward/total/mean"), series(records, "val_accuracy")
+    figure, axis = plt.subplots(figsize=(8, 5))
+    steps, values = zip(*rewards, strict=True)
+    axis.plot(steps, values, label="train reward (samples)", linewidth=1, alpha=0.4)
+    running = [
+        sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+        for i in range(len(values))
+    ]
+    axis.plot(steps, running, label=f"train reward, mean of {window} steps", linewidth=2)
+    if accuracy:
+        axis.plot(*zip(*accuracy, strict=True), label="held-out accuracy (greedy)", marker="o")
+    axis.set_xlabel("step")
+    axis.set_ylabel("reward / accuracy")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
     figure.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return out
