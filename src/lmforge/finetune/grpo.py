@@ -146,8 +146,9 @@ class GRPOObjective(FinetuneObjective):
     def sample(
         self, rows: list[list[int]], temperature: float, seed: int | None, autocast
     ) -> list[list[int]]:
-        """Completions of `rows` under the training precision (autocast): the policy that is
-        trained is the one that samples, and bf16 decodes faster where the machine has it."""
+        """Completions of `rows` under the training precision (autocast), so that the policy
+        that samples is the one that is trained (on a 2-core EPYC, 32 rows decode at the same
+        speed in bf16 as in fp32: decoding this small a model is bound by per-op overhead)."""
         grpo, model = self.config.grpo, self.model
         config = SamplingConfig(
             max_new_tokens=grpo.max_new_tokens,
