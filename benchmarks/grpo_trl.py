@@ -3,8 +3,12 @@
 Run with the TRL venv's python (torch, trl, peft, transformers, datasets; lmforge is not
 imported: its side runs first, as a subprocess of --lmforge):
 
-    /work/.cache/trl-venv/bin/python benchmarks/grpo_trl.py --side both --steps 5 \\
-        --model /work/.cache/smollm2-hf --data /tmp/trl-bench/data/arith --out grpo_trl.json
+    TRL_VENV/bin/python benchmarks/grpo_trl.py --side both --steps 5 \\
+        --model HF_DIR --data data/arith --out grpo_trl.json
+
+HF_DIR: `lmforge convert SmolLM2-135M-Instruct.Q4_1.gguf --out ckpt` then `lmforge export ckpt
+--format hf --dtype float32 --out HF_DIR`; data/arith: `python -m lmforge.data.arithmetic_task
+--out data/arith --steps 1 --max_value 20 --train 600 --test 100` (the demonstration's task).
 
 Settings (lmforge's grpo-smollm2 config): 4 prompts x 8 completions = 32 per optimizer step, no
 accumulation; up to 64 new tokens, temperature 0.8, top_p 1; beta 0 (no reference pass); clip
@@ -49,6 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
 PROMPTS, GROUP = 4, 8
 _SIGN = r"(?<![\w)])[-\u2212]"
 _PLAIN = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -182,11 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--side", choices=["trl", "lmforge", "both"], default="both")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per side")
-    parser.add_argument("--model", default="/work/.cache/smollm2-hf", help="HF dir, TRL's side")
+    parser.add_argument("--model", required=True, help="the HF model dir, for TRL's side")
     parser.add_argument("--data", type=Path, default=Path("data/arith"), help="train/test.jsonl")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--lmforge", default="/work/main/.venv/bin/lmforge")
+    parser.add_argument("--lmforge", default=str(REPO / ".venv" / "bin" / "lmforge"))
     parser.add_argument("--out", type=Path, default=Path("grpo_trl.json"))
     parser.add_argument(
         "--trl_autocast_generate",
