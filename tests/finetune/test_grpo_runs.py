@@ -30,6 +30,7 @@ def test_grpo_run_logs_metrics_and_resumes_exactly(tmp_path, tiny_base, arithmet
         assert key in steps[0], key
     assert 1 <= steps[0]["completion_length"] <= GRPO["max_new_tokens"]
     assert all(0 < r["generation_share"] < 1 and r["train_tokens_per_s"] > 0 for r in steps)
+    assert (full / "reward.png").read_bytes()[:4] == b"\x89PNG"  # the reward curve
     val = [r for r in logged if "val_accuracy" in r]
     assert val and all(r["val_loss"] == pytest.approx(1 - r["val_accuracy"]) for r in val)
 
