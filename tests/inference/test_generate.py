@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import build, tiny_model
 
+import lmforge.inference.generate as generation
 from lmforge.inference.generate import SamplingConfig, filter_logits, generate, next_tokens
 from lmforge.models.kv_cache import KVCache
 
@@ -70,6 +71,29 @@ def test_left_padded_batch_matches_each_prompt_alone(name):
     alone = [generate(model, [p], config)[0] for p in batch]
     assert together == alone
     assert together[1] == greedy_by_recomputation(model, batch[1], 12)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_repeated_prompts_share_one_prefill_and_decode_as_if_apart(name, monkeypatch):
+    model = peaked_model(name)
+    a, b = prompts([5, 9], seed=6)
+    batch = [a, b, a, a, b]  # GRPO's groups: completions of one prompt
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(
+        model, "forward", lambda *x, **k: calls.append(x[0].shape) or forward(*x, **k)
+    )
+    greedy = generate(model, batch, SamplingConfig(max_new_tokens=8, **GREEDY))
+    assert calls[0][0] == 2  # the prefill ran the 2 distinct prompts, not 5 rows
+    assert greedy == [
+        generate(model, [p], SamplingConfig(max_new_tokens=8, **GREEDY))[0] for p in batch
+    ]
+    sampled = SamplingConfig(max_new_tokens=8, temperature=1.0, seed=3)
+    shared = generate(model, batch, sampled)
+    every_row = lambda rows, device: (rows, torch.arange(len(rows), device=device))  # noqa: E731
+    monkeypatch.setattr(generation, "_distinct_rows", every_row)
+    assert shared == generate(model, batch, sampled)  # the same draws as a prefill per row
+    assert shared[0] != shared[2] or shared[2] != shared[3]  # one prompt, different samples
 
 
 def test_padded_prefill_logits_match_unpadded():

@@ -60,6 +60,16 @@ def cache_dtype(model: Transformer, device: torch.device) -> torch.dtype:
     return model.token_embedding.weight.dtype
 
 
+def _distinct_rows(
+    rows: list[list[int]], device: torch.device
+) -> tuple[list[list[int]], torch.Tensor]:
+    """The distinct rows in first-seen order, and for each row the index of its distinct row."""
+    first: dict[tuple[int, ...], int] = {}
+    index = [first.setdefault(tuple(row), len(first)) for row in rows]
+    distinct = [list(key) for key in first]
+    return distinct, torch.tensor(index, dtype=torch.long, device=device)
+
+
 def _left_pad(rows: list[list[int]], device: torch.device):
     """Tokens (B, T) padded on the left with 0, pad counts (B,), positions (B, T)."""
     width = max(len(r) for r in rows)
@@ -131,11 +141,18 @@ def generate(
     stops = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
 
     def prefill(rows: list[list[int]]):
-        tokens, pads, positions = _left_pad(rows, device)
-        cache = cache_type(model.config, len(rows), cache_len, device, dtype)
+        # Equal rows (GRPO's group of completions of one prompt, `n` > 1) are prefilled once
+        # and their cache rows copied; only the last position's logits are projected.
+        distinct, index = _distinct_rows(rows, device)
+        tokens, pads, positions = _left_pad(distinct, device)
+        cache = cache_type(model.config, len(distinct), cache_len, device, dtype)
         cache.set_padding(pads)
-        logits = model(tokens, cache=cache, positions=positions)
-        return cache, logits[:, -1], positions[:, -1:] + 1
+        logits = model(tokens, cache=cache, positions=positions, last_only=True)[:, -1]
+        next_position = positions[:, -1:] + 1
+        if len(distinct) < len(rows):
+            cache.select_rows(index)
+            logits, next_position = logits[index], next_position[index]
+        return cache, logits, next_position
 
     cache, logits, next_position = prefill(history)
     for _ in range(config.max_new_tokens):

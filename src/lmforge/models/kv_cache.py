@@ -66,6 +66,13 @@ class KVCache:
         self.valid = slots[None, :] >= pad_lengths.to(self.valid.device)[:, None]
         self.has_padding = bool((pad_lengths > 0).any())
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Make row b a copy of row index[b] (the batch may grow: rows that share a prompt are
+        prefilled once and then copied)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        self.valid = self.valid.index_select(0, index)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write the new (B, heads, T, width) pair after the cached ones and return all of them."""
         end = self.length + k.shape[2]
