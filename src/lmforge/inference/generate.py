@@ -141,7 +141,7 @@ def generate(
     stops = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
 
     def prefill(rows: list[list[int]]):
-        # Equal rows (GRPO's group of completions of one prompt, `n` > 1) are prefilled once
+        # Equal rows (a GRPO group: completions of one prompt) are prefilled once
         # and their cache rows copied; only the last position's logits are projected.
         distinct, index = _distinct_rows(rows, device)
         tokens, pads, positions = _left_pad(distinct, device)
