@@ -41,14 +41,14 @@ class ReplayLoader:
     positions again (`fresh` False, `micro` says which rollout to train on)."""
 
     def __init__(self, inner: ExampleLoader, accumulation: int, mu: int) -> None:
-        self.inner, self.accumulation, self.mu = inner, accumulation, mu
+        self.inner, self.accumulation = inner, accumulation
         self.device = inner.device
-        self.num_batches = inner.num_batches
+        self.period = accumulation * mu  # loss calls per cycle
         self.calls = 0
         self.fresh, self.micro, self.first_row = True, 0, 0
 
     def next(self) -> Batch:
-        position = self.calls % (self.accumulation * self.mu)
+        position = self.calls % self.period
         self.calls += 1
         self.micro, self.fresh = position % self.accumulation, position < self.accumulation
         if not self.fresh:
@@ -62,7 +62,7 @@ class ReplayLoader:
     @property
     def mid_cycle(self) -> bool:
         """The next step trains on kept rollouts (a checkpoint must hold them)."""
-        return self.calls % (self.accumulation * self.mu) >= self.accumulation
+        return self.calls % self.period >= self.accumulation
 
     def batch_at(self, number: int) -> Batch:
         return self.inner.batch_at(number)
